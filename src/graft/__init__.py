@@ -1,0 +1,3 @@
+"""graft: transfer learning on images."""
+
+__version__ = "0.1.0"

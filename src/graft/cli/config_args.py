@@ -1,0 +1,53 @@
+"""Command-line flags generated from :class:`graft.config.TrainConfig`, so the two never drift apart."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+
+from graft.config import TrainConfig
+
+
+def _base_type(annotation: object) -> object:
+    """``int | None`` → ``int``; ``list[str] | None`` → ``list[str]``."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0]
+    return annotation
+
+
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (``valid_split`` → ``--valid-split``); booleans get ``--no-…``."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        kind = _base_type(hints[f.name])
+        kwargs: dict = {"help": meta.get("help", "")}
+        if meta.get("positional"):
+            parser.add_argument(f.name, **kwargs)
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is list:
+            kwargs["type"], kwargs["metavar"] = _comma_list, "A,B"
+        else:
+            kwargs["type"] = kind
+            kwargs["metavar"] = f.name.upper() if "choices" not in meta else None
+        if "choices" in meta:
+            kwargs["choices"] = meta["choices"]
+        default = f.default
+        if default is not None and kind is not bool:
+            kwargs["help"] += f" (default: {default})"
+        parser.add_argument(flag, dest=f.name, default=default, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the parsed flags describe."""
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})

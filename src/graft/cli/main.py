@@ -1,0 +1,255 @@
+"""The ``graft`` command: a thin shell over the library.
+
+Every subcommand parses its flags, calls the library, and prints. A :class:`GraftError`
+becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from graft.errors import GraftError
+
+EXIT_USAGE = 2
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+    print(f"graft: warning: {message}", file=sys.stderr)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from graft.cli.config_args import config_from_args
+    from graft.training.learner import Learner
+
+    cfg = config_from_args(args).resolved()
+    out = Path(cfg.out or f"runs/{Path(cfg.data).resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    _check_out_dir(out, args.overwrite)
+    cfg.out = str(out)
+    learn = Learner.from_config(cfg)
+    data = learn.data
+    print(f"data: {data.root} (layout: {data.layout}, {len(data.classes)} classes)")
+    print(data.summary())
+    for note in data.notes:
+        print(f"note: {note}")
+    spec = learn.spec
+    pre = learn.preprocessing
+    print(
+        f"model: {spec.source}:{spec.arch} ({'pretrained' if cfg.pretrained else 'random init'}), "
+        f"input {pre.input_size}px {pre.interpolation}, mean {_fmt(pre.mean)}, std {_fmt(pre.std)}, "
+        f"mode {cfg.mode}, device {learn.device}"
+    )
+    learn.fit(cfg)
+    if data.splits.get("test") and all(s.label is not None for s in data.splits["test"]):
+        result = learn.evaluate(split="test")
+        learn.metrics.update(test_acc=result.accuracy, test_loss=result.loss, test_n=result.n)
+        print(f"test: accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  ({result.n} images)")
+    learn.save(out)
+    m = learn.metrics
+    if m.get("val_acc") not in (None, ""):
+        print(f"val: accuracy {m['val_acc']:.4f}  loss {m['val_loss']:.4f}  (epoch {m['best_epoch']})")
+    print(f"saved run to {out}  ({m['train_seconds']:.1f} s training)")
+    return 0
+
+
+def _fmt(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    """Fail before training, not after, when the run folder cannot be written or would be clobbered."""
+    if (out / "graft.json").exists() and not overwrite:
+        raise GraftError(f"{out} already holds a run; pass --overwrite or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".graft-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise GraftError(f"cannot write to {out}: {e.strerror or e}") from None
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from graft.training.learner import load_learner
+
+    learn = load_learner(args.run, device=args.device)
+    if args.batch_size:
+        learn.config.batch_size = args.batch_size
+    result = learn.evaluate(args.data, split=args.split)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(result.format())
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from graft.fileio import atomic_write_text
+    from graft.training.learner import load_learner
+
+    learn = load_learner(args.run, device=args.device)
+    paths, probs = learn.predict_probs(args.paths)
+    k = max(1, min(args.top_k, len(learn.classes)))
+    top = probs.topk(k, dim=1)
+    rows = []
+    for path, values, index in zip(paths, top.values.tolist(), top.indices.tolist(), strict=True):
+        row = {"path": str(path), "label": learn.classes[index[0]], "prob": f"{values[0]:.6f}"}
+        for j in range(1, k):
+            row[f"label_{j + 1}"] = learn.classes[index[j]]
+            row[f"prob_{j + 1}"] = f"{values[j]:.6f}"
+        rows.append(row)
+    if args.csv:
+        atomic_write_text(args.csv, _to_csv(rows))
+        print(f"wrote {len(rows)} predictions to {args.csv}")
+    if args.submission:
+        if args.submission_format == "probs":
+            header = ["id", *learn.classes]
+            sub = [[Path(p).stem, *(f"{v:.6g}" for v in r)] for p, r in zip(paths, probs.tolist(), strict=True)]
+        else:
+            header = ["id", "label"]
+            sub = [[Path(r["path"]).stem, r["label"]] for r in rows]
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(sub)
+        atomic_write_text(args.submission, buf.getvalue())
+        print(f"wrote a {args.submission_format} submission of {len(sub)} rows to {args.submission}")
+    if not args.csv and not args.submission or args.print:
+        for r in rows:
+            extra = "".join(f"  {r[f'label_{j}']} {float(r[f'prob_{j}']):.3f}" for j in range(2, k + 1))
+            print(f"{r['path']}\t{r['label']} {float(r['prob']):.3f}{extra}")
+    return 0
+
+
+def _to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["path", "label", "prob"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from graft.models import list_architectures
+
+    rows = list_architectures(args.pattern)
+    if not rows:
+        raise GraftError(f"no architecture matches '{args.pattern}'")
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'architecture':<{width}}  {'source':<11}  weights   where")
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['source']:<11}  {r['weights']:<8}  {r['where']}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from graft.export.bundle import read_meta
+
+    meta = read_meta(args.run)
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
+    model, cfg, pre, m = meta["model"], meta.get("config", {}), meta["preprocessing"], meta.get("metrics", {})
+    split = meta.get("split") or {}
+    counts = ", ".join(f"{k} {len(v)}" for k, v in split.get("splits", {}).items())
+    classes = meta["classes"]
+    shown = ", ".join(classes[:10]) + (f", … ({len(classes)} in all)" if len(classes) > 10 else "")
+    lines = [
+        f"run:          {args.run}",
+        f"model:        {model['source']}:{model['arch']}"
+        + (f" with MLP head {model['head_hidden']}" if model.get("head_hidden") else ""),
+        f"classes:      {shown}",
+        f"data:         {cfg.get('data', '?')} (layout {split.get('layout', '?')}; {counts})",
+        f"training:     mode {cfg.get('mode')}, {cfg.get('freeze_epochs')}+{cfg.get('epochs')} epochs, "
+        f"{cfg.get('optimizer')} lr {cfg.get('lr')}, {cfg.get('schedule')}",
+        f"input:        {pre['input_size']}px {pre['interpolation']}, crop {pre['crop_pct']}, "
+        f"mean {pre['mean']}, std {pre['std']}",
+        "metrics:      " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()),
+        f"created:      {meta.get('created', '?')} with " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        f"weights:      sha256 {meta['weights_sha256']}",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from graft.cli.demo import run_demo
+
+    return run_demo(out=Path(args.out), data=Path(args.data) if args.data else None, device=args.device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    from graft.cli.config_args import add_config_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="graft", description="Transfer learning on images: train, evaluate and use image classifiers offline."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a classifier on a folder of labeled images")
+    add_config_arguments(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy, per-class metrics and confusion matrix on labeled images")
+    p.add_argument("run", help="run folder written by graft train")
+    p.add_argument("data", help="folder of class folders, or a dataset root (with --split)")
+    p.add_argument("--split", choices=("test", "val", "train"), help="which split of a dataset root")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict classes of image files or folders")
+    p.add_argument("run", help="run folder written by graft train")
+    p.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--top-k", type=int, default=1, help="classes to report per image (default: 1)")
+    p.add_argument("--csv", help="write path,label,prob (+ label_N,prob_N for top-k) to this CSV")
+    p.add_argument("--submission", help="write a Kaggle-style submission CSV (id = file stem)")
+    p.add_argument("--submission-format", choices=("probs", "label"), default="probs",
+                   help="probs: one probability column per class; label: id,label (default: probs)")
+    p.add_argument("--print", action="store_true", help="also print predictions when writing files")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("models", help="list architectures and whether their weights are available offline")
+    p.add_argument("pattern", nargs="?", help="fnmatch pattern over timm and torchvision names, e.g. '*resnet*'")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("info", help="summarise a run folder")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--json", action="store_true", help="print graft.json")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="train and evaluate on handwritten digits (no data or network needed)")
+    p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo, replaced if present)")
+    p.add_argument("--data", help="where to write the digits dataset (default: a folder in the user cache)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``graft`` command; returns the exit code."""
+    warnings.showwarning = _show_warning
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except GraftError as e:
+        print(f"graft: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("graft: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

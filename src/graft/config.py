@@ -1,0 +1,125 @@
+"""The one typed configuration of a training run.
+
+Every option of ``graft train`` is a field here; the CLI builds its flags from these fields
+(``help`` and ``choices`` live in the field metadata), and the resolved config is stored in the
+run's ``graft.json`` so a run can be understood and repeated later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from graft.errors import GraftError
+
+MODES = ("features", "finetune", "full", "scratch")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("onecycle", "step", "cosine")
+MONITORS = ("val_loss", "val_acc")
+
+# Learning-rate and weight-decay defaults per optimizer (fastai's and torchvision's usual values).
+DEFAULT_LR = {"adamw": 2e-3, "sgd": 1e-2}
+DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2, "sgd": 1e-4}
+
+
+def _opt(help: str, **kw: Any) -> dict:
+    return {"help": help, **kw}
+
+
+@dataclass
+class TrainConfig:
+    """All options of one training run. ``None`` means "pick the default for the context";
+    :meth:`resolved` fills those in so the saved config says what actually ran."""
+
+    # --- data ---
+    data: str = field(default="", metadata=_opt("dataset folder", positional=True))
+    labels: str | None = field(default=None, metadata=_opt("CSV of id,label beside a flat image folder"))
+    valid_split: float = field(default=0.2, metadata=_opt("fraction held out for validation when there is no val/ folder"))
+    test_split: float = field(default=0.0, metadata=_opt("fraction held out as a test split (class-folder datasets)"))
+    augment: bool = field(default=True, metadata=_opt("train-time augmentation (crop, flip, rotation, jitter)"))
+    min_scale: float = field(default=0.35, metadata=_opt("smallest area fraction of the random resized crop"))
+    rotate: float = field(default=10.0, metadata=_opt("largest random rotation in degrees"))
+    jitter: float = field(default=0.2, metadata=_opt("brightness/contrast/saturation jitter"))
+    # --- model ---
+    arch: str = field(default="tf_efficientnet_lite0", metadata=_opt("timm or torchvision architecture name"))
+    pretrained: bool = field(default=True, metadata=_opt("start from ImageNet weights"))
+    weights: str | None = field(default=None, metadata=_opt("pretrained weights file (.safetensors or .pth)"))
+    head: int | None = field(default=None, metadata=_opt("hidden width of an MLP head (Linear-ReLU-Dropout-Linear)"))
+    head_dropout: float = field(default=0.5, metadata=_opt("dropout of the MLP head"))
+    input_size: int | None = field(default=None, metadata=_opt("input side in pixels (default: the model's own)"))
+    # --- training ---
+    mode: str = field(default="finetune", metadata=_opt("what to train", choices=MODES))
+    epochs: int = field(default=3, metadata=_opt("epochs of the main phase (after the frozen epochs)"))
+    freeze_epochs: int = field(default=1, metadata=_opt("finetune: epochs with the body frozen first"))
+    unfreeze: list[str] | None = field(
+        default=None, metadata=_opt("comma-separated body blocks to train (e.g. layer3,layer4); others stay frozen")
+    )
+    lr: float | None = field(default=None, metadata=_opt("peak learning rate of the head (default per optimizer)"))
+    lr_mult: float = field(default=100.0, metadata=_opt("finetune: head lr / first body block lr"))
+    optimizer: str = field(default="adamw", metadata=_opt("optimizer", choices=OPTIMIZERS))
+    momentum: float = field(default=0.9, metadata=_opt("SGD momentum"))
+    weight_decay: float | None = field(default=None, metadata=_opt("weight decay (not applied to norms and biases)"))
+    schedule: str = field(default="onecycle", metadata=_opt("learning-rate schedule", choices=SCHEDULES))
+    step_size: int = field(default=7, metadata=_opt("step schedule: epochs between decays"))
+    gamma: float = field(default=0.1, metadata=_opt("step schedule: decay factor"))
+    label_smoothing: float = field(default=0.0, metadata=_opt("label smoothing of the cross-entropy loss"))
+    batch_size: int = field(default=32, metadata=_opt("images per batch"))
+    monitor: str = field(default="val_loss", metadata=_opt("metric that picks the best checkpoint", choices=MONITORS))
+    patience: int | None = field(default=None, metadata=_opt("stop a phase after this many epochs without improvement"))
+    aux_weight: float = field(default=0.4, metadata=_opt("weight of auxiliary-logit losses (inception)"))
+    seed: int = field(default=0, metadata=_opt("random seed (splits, init, shuffling, augmentation)"))
+    workers: int | None = field(default=None, metadata=_opt("data-loading worker processes (default from core count)"))
+    device: str = field(default="auto", metadata=_opt("auto, cpu, cuda, cuda:N or mps"))
+    out: str | None = field(default=None, metadata=_opt("run folder to write (default runs/<data>-<time>)"))
+
+    def resolved(self) -> TrainConfig:
+        """A copy with per-context defaults filled in and values checked.
+
+        Raises:
+            GraftError: For an out-of-range or inconsistent option.
+        """
+        c = dataclasses.replace(self)
+        if c.mode not in MODES:
+            raise GraftError(f"unknown mode '{c.mode}'; choose one of {', '.join(MODES)}")
+        if c.optimizer not in OPTIMIZERS:
+            raise GraftError(f"unknown optimizer '{c.optimizer}'; choose one of {', '.join(OPTIMIZERS)}")
+        if c.schedule not in SCHEDULES:
+            raise GraftError(f"unknown schedule '{c.schedule}'; choose one of {', '.join(SCHEDULES)}")
+        if c.monitor not in MONITORS:
+            raise GraftError(f"unknown monitor '{c.monitor}'; choose one of {', '.join(MONITORS)}")
+        if c.mode == "scratch":
+            c.pretrained = False
+        if c.mode != "finetune":
+            c.freeze_epochs = 0
+        if c.mode == "features" and c.unfreeze:
+            raise GraftError("--unfreeze needs mode finetune or full (features keeps the whole body frozen)")
+        if c.lr is None:
+            c.lr = DEFAULT_LR[c.optimizer]
+        if c.weight_decay is None:
+            c.weight_decay = DEFAULT_WEIGHT_DECAY[c.optimizer]
+        checks = [
+            (c.epochs >= 0 and c.freeze_epochs >= 0, "epochs must be >= 0"),
+            (c.epochs + c.freeze_epochs > 0, "nothing to train: epochs and freeze-epochs are both 0"),
+            (c.batch_size >= 1, "batch size must be >= 1"),
+            (c.lr > 0 and c.lr_mult >= 1, "lr must be > 0 and lr-mult >= 1"),
+            (0 <= c.label_smoothing < 1, "label smoothing must be in [0, 1)"),
+            (0 < c.min_scale <= 1, "min-scale must be in (0, 1]"),
+            (c.head is None or c.head >= 1, "head width must be >= 1"),
+            (c.input_size is None or c.input_size >= 16, "input size must be >= 16 pixels"),
+            (c.patience is None or c.patience >= 1, "patience must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise GraftError(message)
+        return c
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are ignored (older or newer runs)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

@@ -1,0 +1,116 @@
+"""Preprocessing that follows the model: size, mean, std, interpolation and crop fraction."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torchvision import transforms as T
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model wants its input images.
+
+    Attributes:
+        input_size: Side of the square crop fed to the network, in pixels.
+        mean: Per-channel mean subtracted after scaling pixels to [0, 1].
+        std: Per-channel standard deviation divided by after the mean.
+        interpolation: ``"bicubic"``, ``"bilinear"`` or ``"nearest"``.
+        crop_pct: Eval-time centre crop fraction: the shorter side is resized to
+            ``round(input_size / crop_pct)`` and then centre-cropped to ``input_size``.
+    """
+
+    input_size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875
+
+    @property
+    def resize_size(self) -> int:
+        """Shorter-side size before the eval centre crop."""
+        return int(round(self.input_size / self.crop_pct))
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (tuples become lists)."""
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            input_size=int(d["input_size"]),
+            mean=tuple(float(x) for x in d["mean"]),
+            std=tuple(float(x) for x in d["std"]),
+            interpolation=str(d["interpolation"]),
+            crop_pct=float(d["crop_pct"]),
+        )
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Train-time augmentation. ``enabled=False`` uses the eval transform for training too.
+
+    Attributes:
+        enabled: Apply augmentation at all.
+        min_scale: Smallest area fraction kept by the random resized crop.
+        hflip: Probability of a horizontal flip.
+        rotate: Largest rotation in degrees (either direction); 0 disables it.
+        jitter: Strength of brightness/contrast/saturation jitter; 0 disables it.
+    """
+
+    enabled: bool = True
+    min_scale: float = 0.35
+    hflip: float = 0.5
+    rotate: float = 10.0
+    jitter: float = 0.2
+
+
+_INTERPOLATIONS = {
+    "bicubic": T.InterpolationMode.BICUBIC,
+    "bilinear": T.InterpolationMode.BILINEAR,
+    "nearest": T.InterpolationMode.NEAREST,
+}
+
+
+def _interp(name: str) -> T.InterpolationMode:
+    return _INTERPOLATIONS.get(name, T.InterpolationMode.BILINEAR)
+
+
+def eval_transform(pre: Preprocessing) -> T.Compose:
+    """Resize the shorter side to ``pre.resize_size``, centre-crop, normalise."""
+    return T.Compose(
+        [
+            T.Resize(pre.resize_size, interpolation=_interp(pre.interpolation)),
+            T.CenterCrop(pre.input_size),
+            T.ToTensor(),
+            T.Normalize(pre.mean, pre.std),
+        ]
+    )
+
+
+def train_transform(pre: Preprocessing, aug: Augmentation) -> T.Compose:
+    """Random resized crop, flip, small rotation and colour jitter, then normalise."""
+    if not aug.enabled:
+        return eval_transform(pre)
+    steps: list = [
+        T.RandomResizedCrop(pre.input_size, scale=(aug.min_scale, 1.0), interpolation=_interp(pre.interpolation))
+    ]
+    if aug.hflip > 0:
+        steps.append(T.RandomHorizontalFlip(aug.hflip))
+    if aug.rotate > 0:
+        steps.append(T.RandomRotation(aug.rotate, interpolation=T.InterpolationMode.BILINEAR))
+    if aug.jitter > 0:
+        steps.append(T.ColorJitter(aug.jitter, aug.jitter, aug.jitter))
+    steps += [T.ToTensor(), T.Normalize(pre.mean, pre.std)]
+    return T.Compose(steps)
+
+
+def denormalize(x: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+    """Undo :func:`eval_transform`'s normalisation (for showing images)."""
+    mean = torch.tensor(pre.mean, dtype=x.dtype).view(-1, 1, 1)
+    std = torch.tensor(pre.std, dtype=x.dtype).view(-1, 1, 1)
+    return x * std + mean

@@ -1,0 +1,258 @@
+"""The Learner: a model, its data and its training record, behind a few methods.
+
+    data = ImageData.from_folder("hymenoptera")
+    learn = Learner(data, "tf_efficientnet_lite0")
+    learn.fit(epochs=3)
+    learn.evaluate()                  # the test split if there is one, else val
+    learn.predict("bee.jpg")
+    learn.save("runs/bees")
+    learn = load_learner("runs/bees")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from graft.config import TrainConfig
+from graft.data.dataset import ImageData, Sample, load_class_folder
+from graft.data.images import is_image_file, list_images
+from graft.errors import GraftError
+from graft.evaluation.inference import Prediction, evaluate_samples, predict_probs, top_k
+from graft.evaluation.metrics import EvalResult
+from graft.export.bundle import load_bundle, save_bundle
+from graft.models import ModelSpec, build_model, create_model
+from graft.data.transforms import Preprocessing
+from graft.training.fit import fit
+from graft.training.runtime import seed_everything, select_device
+
+
+class Learner:
+    """A classifier grafted onto a pretrained body, with what it was trained on and how.
+
+    Args:
+        data: The dataset to train on (None for a learner loaded only to predict).
+        arch: timm or torchvision architecture (``timm:NAME`` / ``torchvision:NAME`` to force one).
+        pretrained: Start from ImageNet weights found offline.
+        weights: A weights file to start from instead of the cached ones.
+        head: Hidden width of an MLP head; None for a single Linear layer.
+        head_dropout: Dropout of the MLP head.
+        input_size: Input side in pixels instead of the model's own (the resize keeps its crop fraction).
+        device: ``auto`` (CUDA, MPS, CPU in that order) or a device name.
+        seed: Seeds the new head's initialisation.
+    """
+
+    def __init__(
+        self,
+        data: ImageData,
+        arch: str = "tf_efficientnet_lite0",
+        *,
+        pretrained: bool = True,
+        weights: str | Path | None = None,
+        head: int | None = None,
+        head_dropout: float = 0.5,
+        input_size: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        self.data = data
+        self.classes = list(data.classes)
+        self.config = TrainConfig(
+            data=str(data.root), arch=arch, pretrained=pretrained, weights=str(weights) if weights else None,
+            head=head, head_dropout=head_dropout, input_size=input_size, device=device, seed=seed,
+        )
+        self.device = select_device(device)
+        seed_everything(seed)
+        model, self.spec, self.preprocessing = create_model(
+            arch, len(self.classes), pretrained=pretrained, weights=weights, head_hidden=head, head_dropout=head_dropout
+        )
+        if input_size:
+            self.preprocessing = dataclasses.replace(self.preprocessing, input_size=input_size)
+        self.model = model.to(self.device)
+        self.history: list[dict] = []
+        self.metrics: dict = {}
+        self.split: dict | None = data.to_record()
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> Learner:
+        """Load the data and build the model that a (resolved) config describes."""
+        data = ImageData.from_folder(
+            cfg.data, labels=cfg.labels, valid_split=cfg.valid_split, test_split=cfg.test_split, seed=cfg.seed
+        )
+        learn = cls(
+            data, cfg.arch, pretrained=cfg.pretrained, weights=cfg.weights, head=cfg.head,
+            head_dropout=cfg.head_dropout, input_size=cfg.input_size, device=cfg.device, seed=cfg.seed,
+        )
+        learn.config = cfg
+        return learn
+
+    def fit(self, config: TrainConfig | None = None, *, log: Callable[[str], None] = print, **overrides) -> list[dict]:
+        """Train on ``self.data``; the best epoch's weights are kept.
+
+        Args:
+            config: A full config (as the CLI builds); default: this learner's.
+            log: Receives the per-epoch table lines.
+            **overrides: Any :class:`TrainConfig` field, e.g. ``mode="features"``, ``epochs=5``.
+
+        Returns:
+            One dict per epoch (also in ``self.history``).
+        """
+        if self.data is None:
+            raise GraftError("this learner has no data to train on")
+        cfg = dataclasses.replace(config or self.config, **overrides).resolved()
+        if cfg.mode == "scratch" and self.config.pretrained:
+            raise GraftError("mode 'scratch' needs a learner built with pretrained=False")
+        start = time.perf_counter()
+        result = fit(self.model, self.spec, self.preprocessing, self.data, cfg, self.device, log=log)
+        self.config = cfg
+        self.history = result.history
+        self.metrics = {"best_epoch": result.best_epoch, "train_seconds": round(time.perf_counter() - start, 2)}
+        if result.stopped:
+            self.metrics["stopped"] = result.stopped
+        if result.best_epoch is not None:
+            kept = result.history[result.best_epoch - 1]
+            self.metrics.update(val_loss=kept["val_loss"], val_acc=kept["val_acc"])
+        return self.history
+
+    def evaluate(self, data: str | Path | ImageData | None = None, split: str | None = None) -> EvalResult:
+        """Evaluate on labeled images the model did not train on.
+
+        Args:
+            data: None for this learner's data; an :class:`ImageData`; a folder of class
+                folders; or a dataset root (with ``split``, or the test split if any, else val).
+                For datasets split by fractions, the split saved at training time is reused.
+            split: ``"test"`` or ``"val"`` (or ``"train"``).
+        """
+        samples = self._eval_samples(data, split)
+        return evaluate_samples(self.model, self.preprocessing, samples, self.classes, self.device,
+                                batch_size=self.config.batch_size * 2, workers=self.config.workers)
+
+    def predict(self, paths: str | Path | Sequence[str | Path], k: int = 1) -> list[Prediction]:
+        """Top-``k`` predictions for image files and/or folders (searched recursively).
+
+        Undecodable files are warned about and left out.
+        """
+        samples = [Sample(p, None) for p in expand_paths(paths)]
+        probs, kept = predict_probs(self.model, self.preprocessing, samples, self.device,
+                                    batch_size=self.config.batch_size * 2, workers=self.config.workers)
+        return top_k(probs, kept, samples, self.classes, k)
+
+    def predict_probs(self, paths: str | Path | Sequence[str | Path]) -> tuple[list[Path], torch.Tensor]:
+        """Full class probabilities (rows in ``self.classes`` order) for the decodable images."""
+        samples = [Sample(p, None) for p in expand_paths(paths)]
+        probs, kept = predict_probs(self.model, self.preprocessing, samples, self.device,
+                                    batch_size=self.config.batch_size * 2, workers=self.config.workers)
+        return [samples[i].path for i in kept], torch.from_numpy(probs)
+
+    def save(self, run_dir: str | Path) -> Path:
+        """Write the run folder (safetensors weights, graft.json, history.csv) atomically."""
+        meta = {
+            "model": self.spec.to_dict(),
+            "classes": self.classes,
+            "preprocessing": self.preprocessing.to_dict(),
+            "config": self.config.to_dict(),
+            "split": self.split,
+            "metrics": self.metrics,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        return save_bundle(run_dir, self.model.state_dict(), meta, self.history)
+
+    def _eval_samples(self, data: str | Path | ImageData | None, split: str | None) -> list[Sample]:
+        if isinstance(data, ImageData) or data is None:
+            source = data if data is not None else self.data
+            if source is None:
+                raise GraftError("no data given to evaluate on")
+            return self._pick_split(source.splits, split, source.classes)
+        root = Path(data)
+        if not root.is_dir():
+            raise GraftError(f"evaluation data not found: {root}")
+        if split is None and not _looks_like_dataset_root(root):
+            samples, _ = load_class_folder(root, self.classes)
+            return samples
+        record = self.split
+        if record and (record.get("layout") != "folders" or not _split_folder(root, split)):
+            # The saved file lists: exactly the images this run held out.
+            return self._pick_split(ImageData.from_record(root, record).splits, split, record["classes"])
+        folder = _split_folder(root, split or ("test" if _split_folder(root, "test") else "val"))
+        if folder is None:
+            raise GraftError(f"{root} has no {split or 'test or val'} folder")
+        samples, _ = load_class_folder(folder, self.classes)
+        return samples
+
+    def _pick_split(self, splits: dict[str, list[Sample]], split: str | None, classes: list[str]) -> list[Sample]:
+        name = split or ("test" if splits.get("test") else "val")
+        samples = splits.get(name)
+        if not samples:
+            raise GraftError(f"the data has no '{name}' split (it has: {', '.join(k for k, v in splits.items() if v)})")
+        if any(s.label is None for s in samples):
+            raise GraftError(f"the '{name}' split is unlabeled: use predict, not evaluate")
+        if list(classes) != self.classes:
+            index = {c: i for i, c in enumerate(self.classes)}
+            unknown = sorted({classes[s.label] for s in samples} - index.keys())
+            if unknown:
+                raise GraftError(f"classes unknown to the model: {', '.join(unknown[:5])}")
+            samples = [Sample(s.path, index[classes[s.label]]) for s in samples]
+        return samples
+
+
+def _split_folder(root: Path, split: str | None) -> Path | None:
+    names = {"val": ("val", "valid", "validation")}.get(split or "", (split,) if split else ())
+    return next((root / n for n in names if (root / n).is_dir()), None)
+
+
+def _looks_like_dataset_root(root: Path) -> bool:
+    return (root / "train").is_dir()
+
+
+def expand_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Image files named directly, plus the images inside named folders (recursively, sorted).
+
+    Raises:
+        GraftError: If a path does not exist, or nothing at all is found.
+    """
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += list_images(p, recursive=True)
+        elif p.is_file():
+            if not is_image_file(p):
+                raise GraftError(f"not an image file: {p}")
+            found.append(p)
+        else:
+            raise GraftError(f"no such file or folder: {p}")
+    if not found:
+        raise GraftError(f"no images found in {', '.join(map(str, paths))}")
+    return found
+
+
+def load_learner(run_dir: str | Path, device: str = "auto") -> Learner:
+    """Load a saved run for evaluation and prediction. Needs only the run folder.
+
+    Raises:
+        GraftError: If the folder is not a valid run, or its weights were modified.
+    """
+    state_dict, meta = load_bundle(run_dir)
+    learn = Learner.__new__(Learner)
+    learn.data = None
+    learn.classes = list(meta["classes"])
+    learn.config = TrainConfig.from_dict(meta.get("config", {}))
+    learn.spec = ModelSpec.from_dict(meta["model"])
+    learn.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+    learn.device = select_device(device)
+    model = build_model(learn.spec)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise GraftError(f"{run_dir}: the weights do not fit architecture {learn.spec.arch}: {first}") from None
+    learn.model = model.to(learn.device).eval()
+    learn.history = []
+    learn.metrics = dict(meta.get("metrics", {}))
+    learn.split = meta.get("split")
+    return learn

@@ -1,0 +1,116 @@
+"""The inner loops: one training epoch, and inference over a loader."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from graft.data.loaders import Batch
+from graft.errors import GraftError
+from graft.training.runtime import autocast
+
+
+def split_outputs(out: object) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Main logits and auxiliary logits from a forward pass.
+
+    Inception v3 and GoogLeNet return named tuples with auxiliary logits in train mode.
+    """
+    if isinstance(out, torch.Tensor):
+        return out, []
+    if isinstance(out, tuple) and hasattr(out, "logits"):
+        aux = [t for name, t in zip(out._fields, out, strict=True) if name != "logits" and isinstance(t, torch.Tensor)]
+        return out.logits, aux
+    raise TypeError(f"unexpected model output type {type(out).__name__}")
+
+
+@dataclass
+class EpochStats:
+    """Mean loss and accuracy over the images seen, and the files that failed to decode."""
+
+    loss: float = 0.0
+    acc: float = 0.0
+    n: int = 0
+    failed: list[int] = field(default_factory=list)
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    device: torch.device,
+    scaler: torch.amp.GradScaler,
+    aux_weight: float,
+    desc: str,
+) -> EpochStats:
+    """One pass over ``loader`` with an optimizer and scheduler step per batch.
+
+    Raises:
+        GraftError: If the loss becomes NaN or infinite (the caller keeps the best weights so far).
+    """
+    stats = EpochStats()
+    total_loss, correct = 0.0, 0
+    bar = tqdm(loader, desc=desc, leave=False, unit="batch", disable=None)
+    for batch in bar:
+        batch: Batch
+        stats.failed += batch.failed
+        if batch.images.numel() == 0:
+            continue
+        x = batch.images.to(device, non_blocking=True)
+        y = batch.labels.to(device, non_blocking=True)
+        with autocast(device):
+            logits, aux = split_outputs(model(x))
+            loss = loss_fn(logits, y) + sum(aux_weight * loss_fn(a, y) for a in aux)
+        if not math.isfinite(loss.item()):
+            raise GraftError(f"loss became {loss.item()} during {desc}; lower --lr (the best weights so far are kept)")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        n = y.shape[0]
+        total_loss += loss.item() * n
+        correct += (logits.argmax(1) == y).sum().item()
+        stats.n += n
+        bar.set_postfix(loss=f"{total_loss / stats.n:.4f}")
+    if stats.n:
+        stats.loss, stats.acc = total_loss / stats.n, correct / stats.n
+    return stats
+
+
+@torch.inference_mode()
+def infer(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Run ``model`` in eval mode over ``loader``.
+
+    Returns:
+        ``(logits, indices, failed)``: float32 logits on the CPU for every decodable sample, the
+        sample index of each row, and the indices of samples that could not be decoded.
+    """
+    model.eval()
+    outs, idx, failed = [], [], []
+    for batch in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
+        batch: Batch
+        failed += batch.failed
+        if batch.images.numel() == 0:
+            continue
+        with autocast(device):
+            logits, _ = split_outputs(model(batch.images.to(device, non_blocking=True)))
+        outs.append(logits.float().cpu())
+        idx.append(batch.indices)
+    if not outs:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long), failed
+    return torch.cat(outs), torch.cat(idx), failed
+
+
+def warn_failed(failed: Sequence[int], paths: Sequence[object]) -> None:
+    """One warning per file that could not be decoded during a pass."""
+    for i in failed:
+        warnings.warn(f"skipped {paths[i]}: the image could not be decoded", stacklevel=2)
