@@ -31,7 +31,7 @@ def _wanted_stamp() -> str:
 
 def ensure_env() -> None:
     """Create the venv and install graft (editable, with test extras) unless already current."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - run by whatever python3 the user has
         sys.exit(f"graft needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     if STAMP.exists() and STAMP.read_text().strip() == _wanted_stamp() and PYTHON.exists():
         return

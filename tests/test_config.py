@@ -34,8 +34,22 @@ def test_bad_values_are_refused(kwargs):
 
 def test_train_flags_map_onto_config():
     args = build_parser().parse_args(
-        ["train", "DATA", "--valid-split", "0.3", "--no-augment", "--unfreeze", "layer3, layer4",
-         "--head", "512", "--optimizer", "sgd", "--lr", "0.05", "--no-pretrained"]
+        [
+            "train",
+            "DATA",
+            "--valid-split",
+            "0.3",
+            "--no-augment",
+            "--unfreeze",
+            "layer3, layer4",
+            "--head",
+            "512",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "0.05",
+            "--no-pretrained",
+        ]
     )
     cfg = config_from_args(args)
     assert cfg.data == "DATA" and cfg.valid_split == 0.3 and cfg.augment is False

@@ -1,3 +1,51 @@
-"""graft: transfer learning on images."""
+"""graft: transfer learning on images.
+
+    from graft import ImageData, Learner, load_learner
+
+The names below are imported on first use, so ``graft --help`` does not wait for torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "ImageData": "graft.data.dataset",
+    "Learner": "graft.training.learner",
+    "load_learner": "graft.training.learner",
+    "TrainConfig": "graft.config",
+    "GraftError": "graft.errors",
+    "EvalResult": "graft.evaluation.metrics",
+    "Prediction": "graft.evaluation.inference",
+    "create_model": "graft.models",
+}
+
+__all__ = [
+    "EvalResult",
+    "GraftError",
+    "ImageData",
+    "Learner",
+    "Prediction",
+    "TrainConfig",
+    "__version__",
+    "create_model",
+    "load_learner",
+]
+
+if TYPE_CHECKING:
+    from graft.config import TrainConfig
+    from graft.data.dataset import ImageData
+    from graft.errors import GraftError
+    from graft.evaluation.inference import Prediction
+    from graft.evaluation.metrics import EvalResult
+    from graft.models import create_model
+    from graft.training.learner import Learner, load_learner
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'graft' has no attribute {name!r}")

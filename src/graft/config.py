@@ -35,9 +35,15 @@ class TrainConfig:
     # --- data ---
     data: str = field(default="", metadata=_opt("dataset folder", positional=True))
     labels: str | None = field(default=None, metadata=_opt("CSV of id,label beside a flat image folder"))
-    valid_split: float = field(default=0.2, metadata=_opt("fraction held out for validation when there is no val/ folder"))
-    test_split: float = field(default=0.0, metadata=_opt("fraction held out as a test split (class-folder datasets)"))
-    augment: bool = field(default=True, metadata=_opt("train-time augmentation (crop, flip, rotation, jitter)"))
+    valid_split: float = field(
+        default=0.2, metadata=_opt("fraction held out for validation when there is no val/ folder")
+    )
+    test_split: float = field(
+        default=0.0, metadata=_opt("fraction held out as a test split (class-folder datasets)")
+    )
+    augment: bool = field(
+        default=True, metadata=_opt("train-time augmentation (crop, flip, rotation, jitter)")
+    )
     min_scale: float = field(default=0.35, metadata=_opt("smallest area fraction of the random resized crop"))
     rotate: float = field(default=10.0, metadata=_opt("largest random rotation in degrees"))
     jitter: float = field(default=0.2, metadata=_opt("brightness/contrast/saturation jitter"))
@@ -45,31 +51,46 @@ class TrainConfig:
     arch: str = field(default="tf_efficientnet_lite0", metadata=_opt("timm or torchvision architecture name"))
     pretrained: bool = field(default=True, metadata=_opt("start from ImageNet weights"))
     weights: str | None = field(default=None, metadata=_opt("pretrained weights file (.safetensors or .pth)"))
-    head: int | None = field(default=None, metadata=_opt("hidden width of an MLP head (Linear-ReLU-Dropout-Linear)"))
+    head: int | None = field(
+        default=None, metadata=_opt("hidden width of an MLP head (Linear-ReLU-Dropout-Linear)")
+    )
     head_dropout: float = field(default=0.5, metadata=_opt("dropout of the MLP head"))
-    input_size: int | None = field(default=None, metadata=_opt("input side in pixels (default: the model's own)"))
+    input_size: int | None = field(
+        default=None, metadata=_opt("input side in pixels (default: the model's own)")
+    )
     # --- training ---
     mode: str = field(default="finetune", metadata=_opt("what to train", choices=MODES))
     epochs: int = field(default=3, metadata=_opt("epochs of the main phase (after the frozen epochs)"))
     freeze_epochs: int = field(default=1, metadata=_opt("finetune: epochs with the body frozen first"))
     unfreeze: list[str] | None = field(
-        default=None, metadata=_opt("comma-separated body blocks to train (e.g. layer3,layer4); others stay frozen")
+        default=None,
+        metadata=_opt("comma-separated body blocks to train (e.g. layer3,layer4); others stay frozen"),
     )
-    lr: float | None = field(default=None, metadata=_opt("peak learning rate of the head (default per optimizer)"))
+    lr: float | None = field(
+        default=None, metadata=_opt("peak learning rate of the head (default per optimizer)")
+    )
     lr_mult: float = field(default=100.0, metadata=_opt("finetune: head lr / first body block lr"))
     optimizer: str = field(default="adamw", metadata=_opt("optimizer", choices=OPTIMIZERS))
     momentum: float = field(default=0.9, metadata=_opt("SGD momentum"))
-    weight_decay: float | None = field(default=None, metadata=_opt("weight decay (not applied to norms and biases)"))
+    weight_decay: float | None = field(
+        default=None, metadata=_opt("weight decay (not applied to norms and biases)")
+    )
     schedule: str = field(default="onecycle", metadata=_opt("learning-rate schedule", choices=SCHEDULES))
     step_size: int = field(default=7, metadata=_opt("step schedule: epochs between decays"))
     gamma: float = field(default=0.1, metadata=_opt("step schedule: decay factor"))
     label_smoothing: float = field(default=0.0, metadata=_opt("label smoothing of the cross-entropy loss"))
     batch_size: int = field(default=32, metadata=_opt("images per batch"))
-    monitor: str = field(default="val_loss", metadata=_opt("metric that picks the best checkpoint", choices=MONITORS))
-    patience: int | None = field(default=None, metadata=_opt("stop a phase after this many epochs without improvement"))
+    monitor: str = field(
+        default="val_loss", metadata=_opt("metric that picks the best checkpoint", choices=MONITORS)
+    )
+    patience: int | None = field(
+        default=None, metadata=_opt("stop a phase after this many epochs without improvement")
+    )
     aux_weight: float = field(default=0.4, metadata=_opt("weight of auxiliary-logit losses (inception)"))
     seed: int = field(default=0, metadata=_opt("random seed (splits, init, shuffling, augmentation)"))
-    workers: int | None = field(default=None, metadata=_opt("data-loading worker processes (default from core count)"))
+    workers: int | None = field(
+        default=None, metadata=_opt("data-loading worker processes (default from core count)")
+    )
     device: str = field(default="auto", metadata=_opt("auto, cpu, cuda, cuda:N or mps"))
     out: str | None = field(default=None, metadata=_opt("run folder to write (default runs/<data>-<time>)"))
 

@@ -30,7 +30,9 @@ def test_round_trip(tmp_path):
     assert {"torch", "timm", "graft"} <= set(meta["versions"])
     assert [r["val_acc"] for r in read_history(tmp_path / "run")] == ["0.5", "0.75"]
     # Nothing but the three files is left behind (no temp files).
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted([WEIGHTS_FILE, META_FILE, HISTORY_FILE])
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(
+        [WEIGHTS_FILE, META_FILE, HISTORY_FILE]
+    )
 
 
 def test_tampered_weights_are_refused(tmp_path):
@@ -44,7 +46,11 @@ def test_tampered_weights_are_refused(tmp_path):
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("{not json", "not valid JSON"), ('{"format": 99}', "unsupported bundle format"), ('{"format": 1}', "lacks")],
+    [
+        ("{not json", "not valid JSON"),
+        ('{"format": 99}', "unsupported bundle format"),
+        ('{"format": 1}', "lacks"),
+    ],
 )
 def test_malformed_metadata_is_refused(tmp_path, content, message):
     run = save_bundle(tmp_path / "run", _state(), META, [])
@@ -58,7 +64,7 @@ def test_missing_run_and_missing_weights(tmp_path):
         load_bundle(tmp_path / "nope")
     run = save_bundle(tmp_path / "run", _state(), META, [])
     (run / WEIGHTS_FILE).unlink()
-    with pytest.raises(GraftError, match="no model.safetensors"):
+    with pytest.raises(GraftError, match=r"no model\.safetensors"):
         load_bundle(run)
 
 

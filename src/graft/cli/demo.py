@@ -17,7 +17,9 @@ from graft.config import TrainConfig
 from graft.training.learner import Learner
 
 # A short fine-tune at a small input size: digits are 8×8, so 224 px would only cost time.
-DEMO_CONFIG = dict(arch="tf_efficientnet_lite0", input_size=64, freeze_epochs=1, epochs=2, batch_size=32, rotate=0.0, seed=0)
+DEMO_CONFIG = dict(
+    arch="tf_efficientnet_lite0", input_size=64, freeze_epochs=1, epochs=2, batch_size=32, rotate=0.0, seed=0
+)
 
 
 def default_data_dir() -> Path:
@@ -58,8 +60,10 @@ def run_demo(out: Path, data: Path | None = None, device: str = "auto") -> int:
     cfg = TrainConfig(data=str(root), out=str(out), device=device, **DEMO_CONFIG).resolved()
     learn = Learner.from_config(cfg)
     print(learn.data.summary())
-    print(f"demo: fine-tuning {cfg.arch} (ImageNet weights bundled) on {learn.device}, "
-          f"{cfg.freeze_epochs} frozen + {cfg.epochs} unfrozen epochs")
+    print(
+        f"demo: fine-tuning {cfg.arch} (ImageNet weights bundled) on {learn.device}, "
+        f"{cfg.freeze_epochs} frozen + {cfg.epochs} unfrozen epochs"
+    )
     learn.fit(cfg)
     result = learn.evaluate(split="test")
     learn.metrics.update(test_acc=result.accuracy, test_loss=result.loss, test_n=result.n)

@@ -20,7 +20,7 @@ from graft.errors import GraftError
 EXIT_USAGE = 2
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"graft: warning: {message}", file=sys.stderr)
 
 
@@ -110,7 +110,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.submission:
         if args.submission_format == "probs":
             header = ["id", *learn.classes]
-            sub = [[Path(p).stem, *(f"{v:.6g}" for v in r)] for p, r in zip(paths, probs.tolist(), strict=True)]
+            sub = [
+                [Path(p).stem, *(f"{v:.6g}" for v in r)] for p, r in zip(paths, probs.tolist(), strict=True)
+            ]
         else:
             header = ["id", "label"]
             sub = [[Path(r["path"]).stem, r["label"]] for r in rows]
@@ -120,7 +122,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         writer.writerows(sub)
         atomic_write_text(args.submission, buf.getvalue())
         print(f"wrote a {args.submission_format} submission of {len(sub)} rows to {args.submission}")
-    if not args.csv and not args.submission or args.print:
+    if (not args.csv and not args.submission) or args.print:
         for r in rows:
             extra = "".join(f"  {r[f'label_{j}']} {float(r[f'prob_{j}']):.3f}" for j in range(2, k + 1))
             print(f"{r['path']}\t{r['label']} {float(r['prob']):.3f}{extra}")
@@ -129,7 +131,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _to_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["path", "label", "prob"], lineterminator="\n")
+    writer = csv.DictWriter(
+        buf, fieldnames=list(rows[0]) if rows else ["path", "label", "prob"], lineterminator="\n"
+    )
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
@@ -170,8 +174,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"{cfg.get('optimizer')} lr {cfg.get('lr')}, {cfg.get('schedule')}",
         f"input:        {pre['input_size']}px {pre['interpolation']}, crop {pre['crop_pct']}, "
         f"mean {pre['mean']}, std {pre['std']}",
-        "metrics:      " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()),
-        f"created:      {meta.get('created', '?')} with " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        "metrics:      "
+        + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()),
+        f"created:      {meta.get('created', '?')} with "
+        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
         f"weights:      sha256 {meta['weights_sha256']}",
     ]
     print("\n".join(lines))
@@ -189,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     from graft.cli.config_args import add_config_arguments
 
     parser = argparse.ArgumentParser(
-        prog="graft", description="Transfer learning on images: train, evaluate and use image classifiers offline."
+        prog="graft",
+        description="Transfer learning on images: train, evaluate and use image classifiers offline.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -213,14 +220,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=1, help="classes to report per image (default: 1)")
     p.add_argument("--csv", help="write path,label,prob (+ label_N,prob_N for top-k) to this CSV")
     p.add_argument("--submission", help="write a Kaggle-style submission CSV (id = file stem)")
-    p.add_argument("--submission-format", choices=("probs", "label"), default="probs",
-                   help="probs: one probability column per class; label: id,label (default: probs)")
+    p.add_argument(
+        "--submission-format",
+        choices=("probs", "label"),
+        default="probs",
+        help="probs: one probability column per class; label: id,label (default: probs)",
+    )
     p.add_argument("--print", action="store_true", help="also print predictions when writing files")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("models", help="list architectures and whether their weights are available offline")
-    p.add_argument("pattern", nargs="?", help="fnmatch pattern over timm and torchvision names, e.g. '*resnet*'")
+    p.add_argument(
+        "pattern", nargs="?", help="fnmatch pattern over timm and torchvision names, e.g. '*resnet*'"
+    )
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("info", help="summarise a run folder")

@@ -30,7 +30,7 @@ class Preprocessing:
     @property
     def resize_size(self) -> int:
         """Shorter-side size before the eval centre crop."""
-        return int(round(self.input_size / self.crop_pct))
+        return round(self.input_size / self.crop_pct)
 
     def to_dict(self) -> dict:
         """JSON-ready dict (tuples become lists)."""
@@ -97,7 +97,9 @@ def train_transform(pre: Preprocessing, aug: Augmentation) -> T.Compose:
     if not aug.enabled:
         return eval_transform(pre)
     steps: list = [
-        T.RandomResizedCrop(pre.input_size, scale=(aug.min_scale, 1.0), interpolation=_interp(pre.interpolation))
+        T.RandomResizedCrop(
+            pre.input_size, scale=(aug.min_scale, 1.0), interpolation=_interp(pre.interpolation)
+        )
     ]
     if aug.hflip > 0:
         steps.append(T.RandomHorizontalFlip(aug.hflip))

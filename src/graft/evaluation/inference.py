@@ -86,7 +86,9 @@ def evaluate_samples(
     return EvalResult.from_predictions(probs, labels, classes, skipped=len(samples) - len(kept))
 
 
-def top_k(probs: np.ndarray, kept: np.ndarray, samples: Sequence[Sample], classes: list[str], k: int) -> list[Prediction]:
+def top_k(
+    probs: np.ndarray, kept: np.ndarray, samples: Sequence[Sample], classes: list[str], k: int
+) -> list[Prediction]:
     """One :class:`Prediction` per row of ``probs``, with the ``k`` most likely classes."""
     k = max(1, min(k, len(classes)))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]

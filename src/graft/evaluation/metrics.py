@@ -84,7 +84,8 @@ class EvalResult:
         lines += ["", f"{'class':<{width}}  precision  recall     f1  support"]
         for row in self.per_class:
             lines.append(
-                f"{row['class']:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  {row['support']:7d}"
+                f"{row['class']:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  "
+                f"{row['f1']:5.3f}  {row['support']:7d}"
             )
         if len(self.classes) <= max_confusion_classes:
             cell = max(len(str(int(self.confusion.max(initial=0)))), 3)

@@ -46,7 +46,9 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def save_bundle(run_dir: str | Path, state_dict: dict[str, torch.Tensor], meta: dict, history: list[dict]) -> Path:
+def save_bundle(
+    run_dir: str | Path, state_dict: dict[str, torch.Tensor], meta: dict, history: list[dict]
+) -> Path:
     """Write a run folder atomically: weights first, then history, then the metadata that vouches for them.
 
     Args:
@@ -66,7 +68,9 @@ def save_bundle(run_dir: str | Path, state_dict: dict[str, torch.Tensor], meta: 
     # Tensors may share storage (tied weights) or be views; safetensors wants each one whole.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     try:
-        atomic_write(run_dir / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+        atomic_write(
+            run_dir / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"})
+        )
         if history:
             buf = io.StringIO()
             writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
@@ -102,7 +106,9 @@ def read_meta(run_dir: str | Path) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise GraftError(f"{meta_path} is not valid JSON: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
-        raise GraftError(f"{meta_path}: unsupported bundle format {meta.get('format') if isinstance(meta, dict) else '?'}")
+        raise GraftError(
+            f"{meta_path}: unsupported bundle format {meta.get('format') if isinstance(meta, dict) else '?'}"
+        )
     for key in ("model", "classes", "preprocessing", "weights_sha256"):
         if key not in meta:
             raise GraftError(f"{meta_path} lacks '{key}'")
@@ -127,7 +133,8 @@ def load_bundle(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if digest != meta["weights_sha256"]:
         raise GraftError(
             f"{weights} does not match the sha256 recorded in {META_FILE} "
-            f"(file {digest[:12]}…, recorded {str(meta['weights_sha256'])[:12]}…): refusing a modified or corrupt model"
+            f"(file {digest[:12]}…, recorded {str(meta['weights_sha256'])[:12]}…): "
+            "refusing a modified or corrupt model"
         )
     try:
         state_dict = load_file(str(weights))

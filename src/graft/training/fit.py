@@ -48,7 +48,10 @@ def _format_row(row: dict) -> str:
     )
 
 
-HEADER = f"{'epoch':>5}  {'phase':<8}  {'train_loss':>10}  {'train_acc':>9}  {'val_loss':>9}  {'val_acc':>7}  {'lr':>9}  {'seconds':>7}"
+HEADER = (
+    f"{'epoch':>5}  {'phase':<8}  {'train_loss':>10}  {'train_acc':>9}  "
+    f"{'val_loss':>9}  {'val_acc':>7}  {'lr':>9}  {'seconds':>7}"
+)
 
 
 def fit(
@@ -91,8 +94,14 @@ def fit(
         drop_last=len(train_samples) > cfg.batch_size,
     )
     val_loader = (
-        make_loader(val_samples, eval_transform(pre), batch_size=cfg.batch_size * 2, workers=cfg.workers,
-                    min_size=pre.resize_size, pin_memory=pin)
+        make_loader(
+            val_samples,
+            eval_transform(pre),
+            batch_size=cfg.batch_size * 2,
+            workers=cfg.workers,
+            min_size=pre.resize_size,
+            pin_memory=pin,
+        )
         if val_samples
         else None
     )
@@ -120,12 +129,27 @@ def fit(
                 set_train_mode(model, spec, phase)
                 lr = optimizer.param_groups[-1]["lr"]
                 stats = train_epoch(
-                    model, train_loader, optimizer, scheduler, train_loss_fn, device, scaler, cfg.aux_weight,
+                    model,
+                    train_loader,
+                    optimizer,
+                    scheduler,
+                    train_loss_fn,
+                    device,
+                    scaler,
+                    cfg.aux_weight,
                     desc=f"epoch {epoch} ({phase.name})",
                 )
                 failed = set(stats.failed)
-                row = {"epoch": epoch, "phase": phase.name, "train_loss": stats.loss, "train_acc": stats.acc,
-                       "val_loss": "", "val_acc": "", "lr": lr, "seconds": 0.0}
+                row = {
+                    "epoch": epoch,
+                    "phase": phase.name,
+                    "train_loss": stats.loss,
+                    "train_acc": stats.acc,
+                    "val_loss": "",
+                    "val_acc": "",
+                    "lr": lr,
+                    "seconds": 0.0,
+                }
                 if val_loader is not None:
                     logits, idx, val_failed = infer(model, val_loader, device, desc=f"epoch {epoch} (val)")
                     failed_val = set(val_failed)
@@ -147,7 +171,9 @@ def fit(
                 else:
                     stale += 1
                     if cfg.patience is not None and stale >= cfg.patience:
-                        log(f"early stopping: no {cfg.monitor} improvement for {stale} epochs in phase {phase.name}")
+                        log(
+                            f"early stopping: {stale} epochs without {cfg.monitor} improvement ({phase.name})"
+                        )
                         result.stopped = "early stopping"
                         break
     except GraftError as e:

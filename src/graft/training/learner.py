@@ -1,12 +1,12 @@
 """The Learner: a model, its data and its training record, behind a few methods.
 
-    data = ImageData.from_folder("hymenoptera")
-    learn = Learner(data, "tf_efficientnet_lite0")
-    learn.fit(epochs=3)
-    learn.evaluate()                  # the test split if there is one, else val
-    learn.predict("bee.jpg")
-    learn.save("runs/bees")
-    learn = load_learner("runs/bees")
+data = ImageData.from_folder("hymenoptera")
+learn = Learner(data, "tf_efficientnet_lite0")
+learn.fit(epochs=3)
+learn.evaluate()                  # the test split if there is one, else val
+learn.predict("bee.jpg")
+learn.save("runs/bees")
+learn = load_learner("runs/bees")
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import torch
 from graft.config import TrainConfig
 from graft.data.dataset import ImageData, Sample, load_class_folder
 from graft.data.images import is_image_file, list_images
+from graft.data.transforms import Preprocessing
 from graft.errors import GraftError
 from graft.evaluation.inference import Prediction, evaluate_samples, predict_probs, top_k
 from graft.evaluation.metrics import EvalResult
 from graft.export.bundle import load_bundle, save_bundle
 from graft.models import ModelSpec, build_model, create_model
-from graft.data.transforms import Preprocessing
 from graft.training.fit import fit
 from graft.training.runtime import seed_everything, select_device
 
@@ -62,13 +62,25 @@ class Learner:
         self.data = data
         self.classes = list(data.classes)
         self.config = TrainConfig(
-            data=str(data.root), arch=arch, pretrained=pretrained, weights=str(weights) if weights else None,
-            head=head, head_dropout=head_dropout, input_size=input_size, device=device, seed=seed,
+            data=str(data.root),
+            arch=arch,
+            pretrained=pretrained,
+            weights=str(weights) if weights else None,
+            head=head,
+            head_dropout=head_dropout,
+            input_size=input_size,
+            device=device,
+            seed=seed,
         )
         self.device = select_device(device)
         seed_everything(seed)
         model, self.spec, self.preprocessing = create_model(
-            arch, len(self.classes), pretrained=pretrained, weights=weights, head_hidden=head, head_dropout=head_dropout
+            arch,
+            len(self.classes),
+            pretrained=pretrained,
+            weights=weights,
+            head_hidden=head,
+            head_dropout=head_dropout,
         )
         if input_size:
             self.preprocessing = dataclasses.replace(self.preprocessing, input_size=input_size)
@@ -84,13 +96,22 @@ class Learner:
             cfg.data, labels=cfg.labels, valid_split=cfg.valid_split, test_split=cfg.test_split, seed=cfg.seed
         )
         learn = cls(
-            data, cfg.arch, pretrained=cfg.pretrained, weights=cfg.weights, head=cfg.head,
-            head_dropout=cfg.head_dropout, input_size=cfg.input_size, device=cfg.device, seed=cfg.seed,
+            data,
+            cfg.arch,
+            pretrained=cfg.pretrained,
+            weights=cfg.weights,
+            head=cfg.head,
+            head_dropout=cfg.head_dropout,
+            input_size=cfg.input_size,
+            device=cfg.device,
+            seed=cfg.seed,
         )
         learn.config = cfg
         return learn
 
-    def fit(self, config: TrainConfig | None = None, *, log: Callable[[str], None] = print, **overrides) -> list[dict]:
+    def fit(
+        self, config: TrainConfig | None = None, *, log: Callable[[str], None] = print, **overrides
+    ) -> list[dict]:
         """Train on ``self.data``; the best epoch's weights are kept.
 
         Args:
@@ -110,7 +131,10 @@ class Learner:
         result = fit(self.model, self.spec, self.preprocessing, self.data, cfg, self.device, log=log)
         self.config = cfg
         self.history = result.history
-        self.metrics = {"best_epoch": result.best_epoch, "train_seconds": round(time.perf_counter() - start, 2)}
+        self.metrics = {
+            "best_epoch": result.best_epoch,
+            "train_seconds": round(time.perf_counter() - start, 2),
+        }
         if result.stopped:
             self.metrics["stopped"] = result.stopped
         if result.best_epoch is not None:
@@ -128,8 +152,15 @@ class Learner:
             split: ``"test"`` or ``"val"`` (or ``"train"``).
         """
         samples = self._eval_samples(data, split)
-        return evaluate_samples(self.model, self.preprocessing, samples, self.classes, self.device,
-                                batch_size=self.config.batch_size * 2, workers=self.config.workers)
+        return evaluate_samples(
+            self.model,
+            self.preprocessing,
+            samples,
+            self.classes,
+            self.device,
+            batch_size=self.config.batch_size * 2,
+            workers=self.config.workers,
+        )
 
     def predict(self, paths: str | Path | Sequence[str | Path], k: int = 1) -> list[Prediction]:
         """Top-``k`` predictions for image files and/or folders (searched recursively).
@@ -137,15 +168,27 @@ class Learner:
         Undecodable files are warned about and left out.
         """
         samples = [Sample(p, None) for p in expand_paths(paths)]
-        probs, kept = predict_probs(self.model, self.preprocessing, samples, self.device,
-                                    batch_size=self.config.batch_size * 2, workers=self.config.workers)
+        probs, kept = predict_probs(
+            self.model,
+            self.preprocessing,
+            samples,
+            self.device,
+            batch_size=self.config.batch_size * 2,
+            workers=self.config.workers,
+        )
         return top_k(probs, kept, samples, self.classes, k)
 
     def predict_probs(self, paths: str | Path | Sequence[str | Path]) -> tuple[list[Path], torch.Tensor]:
         """Full class probabilities (rows in ``self.classes`` order) for the decodable images."""
         samples = [Sample(p, None) for p in expand_paths(paths)]
-        probs, kept = predict_probs(self.model, self.preprocessing, samples, self.device,
-                                    batch_size=self.config.batch_size * 2, workers=self.config.workers)
+        probs, kept = predict_probs(
+            self.model,
+            self.preprocessing,
+            samples,
+            self.device,
+            batch_size=self.config.batch_size * 2,
+            workers=self.config.workers,
+        )
         return [samples[i].path for i in kept], torch.from_numpy(probs)
 
     def save(self, run_dir: str | Path) -> Path:
@@ -183,11 +226,15 @@ class Learner:
         samples, _ = load_class_folder(folder, self.classes)
         return samples
 
-    def _pick_split(self, splits: dict[str, list[Sample]], split: str | None, classes: list[str]) -> list[Sample]:
+    def _pick_split(
+        self, splits: dict[str, list[Sample]], split: str | None, classes: list[str]
+    ) -> list[Sample]:
         name = split or ("test" if splits.get("test") else "val")
         samples = splits.get(name)
         if not samples:
-            raise GraftError(f"the data has no '{name}' split (it has: {', '.join(k for k, v in splits.items() if v)})")
+            raise GraftError(
+                f"the data has no '{name}' split (it has: {', '.join(k for k, v in splits.items() if v)})"
+            )
         if any(s.label is None for s in samples):
             raise GraftError(f"the '{name}' split is unlabeled: use predict, not evaluate")
         if list(classes) != self.classes:
@@ -250,7 +297,9 @@ def load_learner(run_dir: str | Path, device: str = "auto") -> Learner:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
-        raise GraftError(f"{run_dir}: the weights do not fit architecture {learn.spec.arch}: {first}") from None
+        raise GraftError(
+            f"{run_dir}: the weights do not fit architecture {learn.spec.arch}: {first}"
+        ) from None
     learn.model = model.to(learn.device).eval()
     learn.history = []
     learn.metrics = dict(meta.get("metrics", {}))

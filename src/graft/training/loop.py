@@ -25,7 +25,11 @@ def split_outputs(out: object) -> tuple[torch.Tensor, list[torch.Tensor]]:
     if isinstance(out, torch.Tensor):
         return out, []
     if isinstance(out, tuple) and hasattr(out, "logits"):
-        aux = [t for name, t in zip(out._fields, out, strict=True) if name != "logits" and isinstance(t, torch.Tensor)]
+        aux = [
+            t
+            for name, t in zip(out._fields, out, strict=True)
+            if name != "logits" and isinstance(t, torch.Tensor)
+        ]
         return out.logits, aux
     raise TypeError(f"unexpected model output type {type(out).__name__}")
 
@@ -70,7 +74,9 @@ def train_epoch(
             logits, aux = split_outputs(model(x))
             loss = loss_fn(logits, y) + sum(aux_weight * loss_fn(a, y) for a in aux)
         if not math.isfinite(loss.item()):
-            raise GraftError(f"loss became {loss.item()} during {desc}; lower --lr (the best weights so far are kept)")
+            raise GraftError(
+                f"loss became {loss.item()} during {desc}; lower --lr (the best weights so far are kept)"
+            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -87,7 +93,9 @@ def train_epoch(
 
 
 @torch.inference_mode()
-def infer(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def infer(
+    model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "predict"
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Run ``model`` in eval mode over ``loader``.
 
     Returns:

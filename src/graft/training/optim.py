@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -63,7 +64,9 @@ def select_blocks(block_names: list[str], wanted: list[str]) -> list[str]:
     for name in wanted:
         hits = [b for b in block_names if b == name or b.startswith(name + ".") or name.startswith(b + ".")]
         if not hits:
-            raise GraftError(f"--unfreeze: no body block named '{name}'; blocks are: {', '.join(block_names)}")
+            raise GraftError(
+                f"--unfreeze: no body block named '{name}'; blocks are: {', '.join(block_names)}"
+            )
         chosen.update(hits)
     return [b for b in block_names if b in chosen]
 
@@ -96,7 +99,11 @@ def apply_phase(model: nn.Module, spec: ModelSpec, phase: Phase) -> list[dict]:
 def _decay_split(params: list[nn.Parameter], lr: float) -> list[dict]:
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
-    return [g for g in ({"params": decay, "lr": lr}, {"params": no_decay, "lr": lr, "weight_decay": 0.0}) if g["params"]]
+    return [
+        g
+        for g in ({"params": decay, "lr": lr}, {"params": no_decay, "lr": lr, "weight_decay": 0.0})
+        if g["params"]
+    ]
 
 
 def set_train_mode(model: nn.Module, spec: ModelSpec, phase: Phase) -> None:
@@ -117,18 +124,34 @@ def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimize
     raise GraftError(f"unknown optimizer '{cfg.optimizer}'")
 
 
+def one_cycle(
+    step: int, total: int, pct_start: float = 0.25, div: float = 25.0, final_div: float = 1e4
+) -> float:
+    """Learning-rate factor of the one-cycle policy (Smith; fastai's ``fit_one_cycle``).
+
+    Cosine warm-up from ``1/div`` to 1 over the first ``pct_start`` of the steps, then cosine
+    annealing to ``1/(div*final_div)``. Written out rather than torch's OneCycleLR, which divides
+    by zero when a phase has only a few steps.
+    """
+    warm = max(1, round(pct_start * total))
+    if step < warm:
+        start, end, t = 1 / div, 1.0, step / warm
+    else:
+        start, end, t = 1.0, 1 / (div * final_div), min(1.0, (step - warm) / max(1, total - warm))
+    return start + (end - start) * (1 - math.cos(math.pi * t)) / 2
+
+
 def make_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, epochs: int, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """A schedule stepped once per batch: one-cycle, step (every ``step_size`` epochs) or cosine."""
     total = max(epochs * steps_per_epoch, 1)
     if cfg.schedule == "onecycle":
-        peaks = [g["lr"] for g in optimizer.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=peaks, total_steps=total, pct_start=0.25, cycle_momentum=cfg.optimizer == "sgd"
-        )
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: one_cycle(step, total))
     if cfg.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(cfg.step_size * steps_per_epoch, 1), gamma=cfg.gamma)
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=max(cfg.step_size * steps_per_epoch, 1), gamma=cfg.gamma
+        )
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     raise GraftError(f"unknown schedule '{cfg.schedule}'")

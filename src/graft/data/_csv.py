@@ -1,0 +1,101 @@
+"""Reading a labels CSV and matching its ids to image files (the ``csv`` layout)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from graft.data.images import IMAGE_EXTENSIONS, list_images
+from graft.errors import GraftError
+
+
+def read_labels_csv(path: Path) -> tuple[dict[str, str], str, list[str]]:
+    """Parse a labels CSV with a header row.
+
+    The id column is the one named ``id`` (case-insensitive), else the first; the label column is
+    the one named ``label``, else the first other column.
+
+    Returns:
+        (id -> label in file order, the id column's header text, notes).
+    """
+    name = path.name
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: Excel writes a BOM before the header
+    except FileNotFoundError:
+        raise GraftError(f"labels file {path} not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise GraftError(f"cannot read labels file {path}: {e}") from None
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
+    except csv.Error as e:
+        raise GraftError(f"labels file {path} is not valid CSV: {e}") from None
+    if not rows:
+        raise GraftError(f"labels file {path} is empty; it needs a header row such as 'id,label'")
+    header = [h.strip() for h in rows[0]]
+    if len(header) < 2:
+        raise GraftError(f"labels file {path} needs an id and a label column; its header is {rows[0]}")
+    lower = [h.lower() for h in header]
+    id_col = lower.index("id") if "id" in lower else 0
+    label_col = (
+        lower.index("label") if "label" in lower else next(i for i in range(len(header)) if i != id_col)
+    )
+
+    mapping: dict[str, str] = {}
+    duplicates = incomplete = 0
+    conflicts: list[tuple[str, str, str]] = []
+    for row in rows[1:]:
+        if len(row) <= max(id_col, label_col) or not row[id_col].strip() or not row[label_col].strip():
+            incomplete += 1
+            continue
+        key, label = row[id_col].strip(), row[label_col].strip()
+        if key not in mapping:
+            mapping[key] = label
+        elif mapping[key] == label:
+            duplicates += 1
+        else:
+            conflicts.append((key, mapping[key], label))
+    if not mapping:
+        raise GraftError(f"labels file {path} has no rows with both an id and a label")
+    notes = []
+    if duplicates:
+        notes.append(f"{duplicates:,} duplicate rows of {name} ignored")
+    if conflicts:
+        key, first, other = conflicts[0]
+        notes.append(
+            f"{len(conflicts):,} rows of {name} repeat an id with a different label; kept the first "
+            f"(e.g. {key!r}: {first!r}, not {other!r})"
+        )
+    if incomplete:
+        notes.append(f"{incomplete:,} rows of {name} lack an id or a label; ignored")
+    return mapping, header[id_col], notes
+
+
+def match_ids(ids: list[str], folder: Path) -> dict[str, Path]:
+    """id -> image file in ``folder`` (not recursive).
+
+    An id with an image suffix matches that exact file name; any other id matches a file stem
+    (``"0042"`` -> ``0042.png``). If several files share a stem, the first by name wins.
+    """
+    by_name: dict[str, Path] = {}
+    by_stem: dict[str, Path] = {}
+    for p in list_images(folder):
+        by_name[p.name] = p
+        by_stem.setdefault(p.stem, p)
+    found = {}
+    for key in ids:
+        hit = by_name.get(key) if Path(key).suffix.lower() in IMAGE_EXTENSIONS else by_stem.get(key)
+        if hit is not None:
+            found[key] = hit
+    return found
+
+
+def find_image_folder(ids: list[str], root: Path) -> tuple[Path, dict[str, Path]]:
+    """The folder (root or one direct subfolder) whose images match the most ids, and its matches."""
+    candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))]
+    best: tuple[Path, dict[str, Path]] = (root, {})
+    for folder in candidates:
+        found = match_ids(ids, folder)
+        if len(found) > len(best[1]):  # strict: ties keep the earlier candidate (root first)
+            best = (folder, found)
+    return best

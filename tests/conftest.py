@@ -1,0 +1,88 @@
+"""Shared fixtures: generated image folders and access to the real datasets in ../shared/datasets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# The real datasets sit beside the checkout (never inside it): <parent of repo>/shared/datasets.
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+# Well-separated class colours so a model can learn generated data quickly.
+PALETTE = [
+    (220, 40, 40),
+    (40, 180, 60),
+    (40, 70, 220),
+    (230, 200, 30),
+    (160, 50, 200),
+    (30, 200, 210),
+    (240, 130, 20),
+    (120, 120, 120),
+]
+
+
+def shared_dataset(name: str) -> Path:
+    """Path of ``shared/datasets/<name>``, or skip the test when it is not there."""
+    path = SHARED / name
+    if not path.is_dir():
+        pytest.skip(
+            f"../shared/datasets/{name} not found: "
+            "real-data tests need the shared datasets beside the checkout"
+        )
+    return path
+
+
+def write_image(
+    path: Path, color: tuple[int, int, int], size: tuple[int, int] = (40, 30), seed: int = 0
+) -> Path:
+    """Write a noisy image of ``color`` (width, height = ``size``); the format follows the suffix."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = np.array(color, dtype=np.int16)[None, None, :]
+    noise = rng.integers(-25, 26, size=(h, w, 3), dtype=np.int16)
+    arr = np.clip(base + noise, 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, "RGB").save(path)
+    return path
+
+
+def make_image_folder(
+    root: Path,
+    classes: dict[str, int] | None = None,
+    size: tuple[int, int] = (40, 30),
+    ext: str = ".png",
+    seed: int = 0,
+) -> Path:
+    """Write ``root/<class>/<class>_<i><ext>`` images with a colour per class; returns ``root``.
+
+    Args:
+        root: Folder to fill (created if needed). For a train/val layout call it once per split,
+            e.g. on ``tmp_path / "train"`` and ``tmp_path / "val"`` with different seeds.
+        classes: Class name -> number of images. Default ``{"cat": 6, "dog": 5}``.
+        size: (width, height) of every image.
+        ext: File suffix, which picks the format (``.png``, ``.jpg``, ``.bmp``, ...).
+        seed: Noise seed, so two calls can write different pixels.
+    """
+    classes = {"cat": 6, "dog": 5} if classes is None else classes
+    root = Path(root)
+    for k, (name, count) in enumerate(classes.items()):
+        color = PALETTE[k % len(PALETTE)]
+        for i in range(count):
+            write_image(root / name / f"{name}_{i}{ext}", color, size, seed=seed * 100_003 + k * 1000 + i)
+    return root
+
+
+@pytest.fixture(name="make_image_folder")
+def make_image_folder_fixture() -> Callable[..., Path]:
+    """The :func:`make_image_folder` function: ``make_image_folder(tmp_path, classes={...})``."""
+    return make_image_folder
+
+
+@pytest.fixture(name="shared_dataset")
+def shared_dataset_fixture() -> Callable[[str], Path]:
+    """The :func:`shared_dataset` function: ``shared_dataset("hymenoptera")`` or skip."""
+    return shared_dataset
