@@ -60,11 +60,15 @@ class TrainConfig:
     )
     # --- training ---
     mode: str = field(default="finetune", metadata=_opt("what to train", choices=MODES))
-    epochs: int = field(default=3, metadata=_opt("epochs of the main phase (after the frozen epochs)"))
-    freeze_epochs: int = field(default=1, metadata=_opt("finetune: epochs with the body frozen first"))
+    epochs: int = field(default=2, metadata=_opt("epochs of the main phase (after the frozen epochs)"))
+    freeze_epochs: int = field(default=3, metadata=_opt("finetune: epochs with the body frozen first"))
     unfreeze: list[str] | None = field(
         default=None,
         metadata=_opt("comma-separated body blocks to train (e.g. layer3,layer4); others stay frozen"),
+    )
+    freeze_bn: bool = field(
+        default=True,
+        metadata=_opt("keep pretrained BatchNorm statistics fixed while fine-tuning (Keras' advice)"),
     )
     lr: float | None = field(
         default=None, metadata=_opt("peak learning rate of the head (default per optimizer)")
@@ -81,7 +85,8 @@ class TrainConfig:
     label_smoothing: float = field(default=0.0, metadata=_opt("label smoothing of the cross-entropy loss"))
     batch_size: int = field(default=32, metadata=_opt("images per batch"))
     monitor: str = field(
-        default="val_loss", metadata=_opt("metric that picks the best checkpoint", choices=MONITORS)
+        default="val_acc",
+        metadata=_opt("metric that picks the best checkpoint (ties: lower loss)", choices=MONITORS),
     )
     patience: int | None = field(
         default=None, metadata=_opt("stop a phase after this many epochs without improvement")
@@ -111,6 +116,8 @@ class TrainConfig:
             raise GraftError(f"unknown monitor '{c.monitor}'; choose one of {', '.join(MONITORS)}")
         if c.mode == "scratch":
             c.pretrained = False
+        if not c.pretrained and not c.weights:
+            c.freeze_bn = False  # random-init statistics must be learned
         if c.mode != "finetune":
             c.freeze_epochs = 0
         if c.mode == "features" and c.unfreeze:

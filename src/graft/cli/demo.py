@@ -18,7 +18,7 @@ from graft.training.learner import Learner
 
 # A short fine-tune at a small input size: digits are 8×8, so 224 px would only cost time.
 DEMO_CONFIG = dict(
-    arch="tf_efficientnet_lite0", input_size=64, freeze_epochs=1, epochs=2, batch_size=32, rotate=0.0, seed=0
+    arch="tf_efficientnet_lite0", input_size=96, freeze_epochs=1, epochs=2, batch_size=32, rotate=0.0, seed=0
 )
 
 

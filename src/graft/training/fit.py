@@ -126,7 +126,7 @@ def fit(
             for _ in range(phase.epochs):
                 epoch += 1
                 t0 = time.perf_counter()
-                set_train_mode(model, spec, phase)
+                set_train_mode(model, spec, phase, cfg.freeze_bn)
                 lr = optimizer.param_groups[-1]["lr"]
                 stats = train_epoch(
                     model,

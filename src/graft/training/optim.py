@@ -106,13 +106,23 @@ def _decay_split(params: list[nn.Parameter], lr: float) -> list[dict]:
     ]
 
 
-def set_train_mode(model: nn.Module, spec: ModelSpec, phase: Phase) -> None:
-    """``model.train()``, except frozen body blocks, which stay in eval mode (frozen BN statistics)."""
+def set_train_mode(model: nn.Module, spec: ModelSpec, phase: Phase, freeze_bn: bool = False) -> None:
+    """``model.train()``, except frozen body blocks, which stay in eval mode.
+
+    With ``freeze_bn``, every body BatchNorm also stays in eval mode: it keeps normalising with
+    the pretrained running statistics (its scale and shift still train). Switching a pretrained
+    body to batch statistics of a small, unlike dataset wrecks its features in the first steps.
+    """
     model.train()
     trainable = set(phase.blocks)
     for name, _ in body_blocks(model, spec):
+        block = model.get_submodule(name)
         if name not in trainable:
-            model.get_submodule(name).eval()
+            block.eval()
+        elif freeze_bn:
+            for m in block.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
 
 def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
