@@ -19,8 +19,6 @@ from graft.training.loop import infer, train_epoch, warn_failed
 from graft.training.optim import apply_phase, make_optimizer, make_scheduler, plan_phases, set_train_mode
 from graft.training.runtime import grad_scaler, seed_everything
 
-HISTORY_COLUMNS = ("epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
-
 
 @dataclass
 class FitResult:
@@ -127,7 +125,6 @@ def fit(
                 epoch += 1
                 t0 = time.perf_counter()
                 set_train_mode(model, spec, phase, cfg.freeze_bn)
-                lr = optimizer.param_groups[-1]["lr"]
                 stats = train_epoch(
                     model,
                     train_loader,
@@ -147,7 +144,7 @@ def fit(
                     "train_acc": stats.acc,
                     "val_loss": "",
                     "val_acc": "",
-                    "lr": lr,
+                    "lr": stats.lr_max,
                     "seconds": 0.0,
                 }
                 if val_loader is not None:

@@ -59,9 +59,7 @@ class Learner:
         device: str = "auto",
         seed: int = 0,
     ) -> None:
-        self.data = data
-        self.classes = list(data.classes)
-        self.config = TrainConfig(
+        config = TrainConfig(
             data=str(data.root),
             arch=arch,
             pretrained=pretrained,
@@ -72,22 +70,43 @@ class Learner:
             device=device,
             seed=seed,
         )
-        self.device = select_device(device)
         seed_everything(seed)
-        model, self.spec, self.preprocessing = create_model(
+        model, spec, pre = create_model(
             arch,
-            len(self.classes),
+            len(data.classes),
             pretrained=pretrained,
             weights=weights,
             head_hidden=head,
             head_dropout=head_dropout,
         )
         if input_size:
-            self.preprocessing = dataclasses.replace(self.preprocessing, input_size=input_size)
+            pre = dataclasses.replace(pre, input_size=input_size)
+        self._attach(model, spec, pre, list(data.classes), config, device, data=data, split=data.to_record())
+
+    def _attach(
+        self,
+        model: torch.nn.Module,
+        spec: ModelSpec,
+        pre: Preprocessing,
+        classes: list[str],
+        config: TrainConfig,
+        device: str,
+        *,
+        data: ImageData | None,
+        split: dict | None,
+        metrics: dict | None = None,
+    ) -> None:
+        """Set every attribute of a learner: the one place both construction paths go through."""
+        self.data = data
+        self.classes = classes
+        self.config = config
+        self.spec = spec
+        self.preprocessing = pre
+        self.device = select_device(device)
         self.model = model.to(self.device)
         self.history: list[dict] = []
-        self.metrics: dict = {}
-        self.split: dict | None = data.to_record()
+        self.metrics: dict = dict(metrics or {})
+        self.split = split
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Learner:
@@ -218,8 +237,10 @@ class Learner:
             return samples
         record = self.split
         if record and (record.get("layout") != "folders" or not _split_folder(root, split)):
-            # The saved file lists: exactly the images this run held out.
-            return self._pick_split(ImageData.from_record(root, record).splits, split, record["classes"])
+            # The saved file list: exactly the images this run held out (and only those need to exist).
+            name = split or ("test" if record["splits"].get("test") else "val")
+            only = {**record, "splits": {name: record["splits"].get(name, [])}}
+            return self._pick_split(ImageData.from_record(root, only).splits, name, record["classes"])
         folder = _split_folder(root, split or ("test" if _split_folder(root, "test") else "val"))
         if folder is None:
             raise GraftError(f"{root} has no {split or 'test or val'} folder")
@@ -285,23 +306,23 @@ def load_learner(run_dir: str | Path, device: str = "auto") -> Learner:
         GraftError: If the folder is not a valid run, or its weights were modified.
     """
     state_dict, meta = load_bundle(run_dir)
-    learn = Learner.__new__(Learner)
-    learn.data = None
-    learn.classes = list(meta["classes"])
-    learn.config = TrainConfig.from_dict(meta.get("config", {}))
-    learn.spec = ModelSpec.from_dict(meta["model"])
-    learn.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
-    learn.device = select_device(device)
-    model = build_model(learn.spec)
+    spec = ModelSpec.from_dict(meta["model"])
+    model = build_model(spec)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
-        raise GraftError(
-            f"{run_dir}: the weights do not fit architecture {learn.spec.arch}: {first}"
-        ) from None
-    learn.model = model.to(learn.device).eval()
-    learn.history = []
-    learn.metrics = dict(meta.get("metrics", {}))
-    learn.split = meta.get("split")
+        raise GraftError(f"{run_dir}: the weights do not fit architecture {spec.arch}: {first}") from None
+    learn = Learner.__new__(Learner)  # no data to build from: assemble from the bundle instead
+    learn._attach(
+        model.eval(),
+        spec,
+        Preprocessing.from_dict(meta["preprocessing"]),
+        list(meta["classes"]),
+        TrainConfig.from_dict(meta.get("config", {})),
+        device,
+        data=None,
+        split=meta.get("split"),
+        metrics=meta.get("metrics"),
+    )
     return learn

@@ -36,11 +36,13 @@ def split_outputs(out: object) -> tuple[torch.Tensor, list[torch.Tensor]]:
 
 @dataclass
 class EpochStats:
-    """Mean loss and accuracy over the images seen, and the files that failed to decode."""
+    """Mean loss and accuracy over the images seen, the head's peak learning rate, and the files
+    that failed to decode."""
 
     loss: float = 0.0
     acc: float = 0.0
     n: int = 0
+    lr_max: float = 0.0
     failed: list[int] = field(default_factory=list)
 
 
@@ -81,6 +83,7 @@ def train_epoch(
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        stats.lr_max = max(stats.lr_max, optimizer.param_groups[-1]["lr"])
         scheduler.step()
         n = y.shape[0]
         total_loss += loss.item() * n
