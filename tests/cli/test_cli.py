@@ -144,3 +144,12 @@ def test_the_installed_command_exits_2_without_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("graft: error:") and "Traceback" not in proc.stderr
+
+
+def test_output_piped_into_head_is_not_an_error(run, dataset):
+    proc = subprocess.run(
+        f"{sys.executable} -m graft predict {run} {dataset / 'data'} | head -1",
+        shell=True, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.stdout.count("\n") == 1
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr

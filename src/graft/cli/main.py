@@ -10,6 +10,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 import time
 import warnings
@@ -262,6 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("graft: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`graft evaluate … | head`): not an error. Point stdout at devnull
+        # so the interpreter's final flush does not raise again (Python docs, "SIGPIPE").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
