@@ -91,19 +91,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from graft.evaluation.inference import top_k
     from graft.fileio import atomic_write_text
     from graft.training.learner import load_learner
 
     learn = load_learner(args.run, device=args.device)
     paths, probs = learn.predict_probs(args.paths)
-    k = max(1, min(args.top_k, len(learn.classes)))
-    top = probs.topk(k, dim=1)
+    preds = top_k(probs, paths, learn.classes, args.top_k)
     rows = []
-    for path, values, index in zip(paths, top.values.tolist(), top.indices.tolist(), strict=True):
-        row = {"path": str(path), "label": learn.classes[index[0]], "prob": f"{values[0]:.6f}"}
-        for j in range(1, k):
-            row[f"label_{j + 1}"] = learn.classes[index[j]]
-            row[f"prob_{j + 1}"] = f"{values[j]:.6f}"
+    for pred in preds:
+        row = {"path": str(pred.path), "label": pred.label, "prob": f"{pred.prob:.6f}"}
+        for j, (label, prob) in enumerate(zip(pred.labels[1:], pred.probs[1:], strict=True), start=2):
+            row[f"label_{j}"], row[f"prob_{j}"] = label, f"{prob:.6f}"
         rows.append(row)
     if args.csv:
         atomic_write_text(args.csv, _to_csv(rows))
@@ -124,9 +123,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         atomic_write_text(args.submission, buf.getvalue())
         print(f"wrote a {args.submission_format} submission of {len(sub)} rows to {args.submission}")
     if (not args.csv and not args.submission) or args.print:
-        for r in rows:
-            extra = "".join(f"  {r[f'label_{j}']} {float(r[f'prob_{j}']):.3f}" for j in range(2, k + 1))
-            print(f"{r['path']}\t{r['label']} {float(r['prob']):.3f}{extra}")
+        for pred in preds:
+            top = "  ".join(
+                f"{label} {prob:.3f}" for label, prob in zip(pred.labels, pred.probs, strict=True)
+            )
+            print(f"{pred.path}\t{top}")
     return 0
 
 

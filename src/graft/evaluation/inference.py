@@ -86,13 +86,12 @@ def evaluate_samples(
     return EvalResult.from_predictions(probs, labels, classes, skipped=len(samples) - len(kept))
 
 
-def top_k(
-    probs: np.ndarray, kept: np.ndarray, samples: Sequence[Sample], classes: list[str], k: int
-) -> list[Prediction]:
-    """One :class:`Prediction` per row of ``probs``, with the ``k`` most likely classes."""
+def top_k(probs: np.ndarray, paths: Sequence[Path], classes: list[str], k: int) -> list[Prediction]:
+    """One :class:`Prediction` per row of ``probs`` (the image at ``paths[row]``), with the ``k``
+    most likely classes."""
     k = max(1, min(k, len(classes)))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return [
-        Prediction(samples[i].path, [classes[j] for j in row], [float(probs[r, j]) for j in row])
-        for r, (i, row) in enumerate(zip(kept, order, strict=True))
+        Prediction(Path(path), [classes[j] for j in row], [float(probs[r, j]) for j in row])
+        for r, (path, row) in enumerate(zip(paths, order, strict=True))
     ]

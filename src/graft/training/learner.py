@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from graft.config import TrainConfig
@@ -186,19 +187,15 @@ class Learner:
 
         Undecodable files are warned about and left out.
         """
-        samples = [Sample(p, None) for p in expand_paths(paths)]
-        probs, kept = predict_probs(
-            self.model,
-            self.preprocessing,
-            samples,
-            self.device,
-            batch_size=self.config.batch_size * 2,
-            workers=self.config.workers,
-        )
-        return top_k(probs, kept, samples, self.classes, k)
+        kept, probs = self.predict_probs(paths)
+        return top_k(probs, kept, self.classes, k)
 
-    def predict_probs(self, paths: str | Path | Sequence[str | Path]) -> tuple[list[Path], torch.Tensor]:
-        """Full class probabilities (rows in ``self.classes`` order) for the decodable images."""
+    def predict_probs(self, paths: str | Path | Sequence[str | Path]) -> tuple[list[Path], np.ndarray]:
+        """Full class probabilities (columns in ``self.classes`` order) for the decodable images.
+
+        Returns:
+            ``(paths, probs)``: the images that could be decoded, and one row of probabilities each.
+        """
         samples = [Sample(p, None) for p in expand_paths(paths)]
         probs, kept = predict_probs(
             self.model,
@@ -208,7 +205,7 @@ class Learner:
             batch_size=self.config.batch_size * 2,
             workers=self.config.workers,
         )
-        return [samples[i].path for i in kept], torch.from_numpy(probs)
+        return [samples[i].path for i in kept], probs
 
     def save(self, run_dir: str | Path) -> Path:
         """Write the run folder (safetensors weights, graft.json, history.csv) atomically."""
