@@ -83,3 +83,14 @@ def test_weights_that_do_not_fit_the_architecture_are_refused(trained, tmp_path)
         learn.model.classifier = torch.nn.Linear(1280, 3)
     with pytest.raises(GraftError, match="do not fit architecture"):
         load_learner(run)
+
+
+def test_evaluating_the_training_root_uses_the_saved_split(tmp_path):
+    from tests.conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "flat", {"red": 10, "blue": 10}, seed=4)
+    data = ImageData.from_folder(root, valid_split=0.2, test_split=0.2, seed=0)
+    learn = Learner(data, "tf_efficientnet_lite0", input_size=32)
+    # No --split: the run's own dataset root means its held-out test split, not class folders.
+    result = learn.evaluate(root)
+    assert result.n == len(data.splits["test"]) == 4

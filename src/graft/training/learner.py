@@ -229,7 +229,8 @@ class Learner:
         root = Path(data)
         if not root.is_dir():
             raise GraftError(f"evaluation data not found: {root}")
-        if split is None and not _looks_like_dataset_root(root):
+        own_root = bool(self.split) and Path(self.split["root"]).resolve() == root.resolve()
+        if split is None and not own_root and not _looks_like_dataset_root(root):
             samples, _ = load_class_folder(root, self.classes)
             return samples
         record = self.split
