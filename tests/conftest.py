@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,3 +87,9 @@ def make_image_folder_fixture() -> Callable[..., Path]:
 def shared_dataset_fixture() -> Callable[[str], Path]:
     """The :func:`shared_dataset` function: ``shared_dataset("hymenoptera")`` or skip."""
     return shared_dataset
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _feature_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep the suite's feature cache out of the user's ~/.cache (one per test session)."""
+    os.environ["GRAFT_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))

@@ -1,8 +1,6 @@
 """`python -m graft` is the same as the `graft` command."""
 
-import sys
-
-from graft.cli.main import main
+from graft.cli.main import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -17,6 +17,12 @@ MODES = ("features", "finetune", "full", "scratch")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "step", "cosine")
 MONITORS = ("val_loss", "val_acc")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+# Epochs whose default depends on whether the frozen phase runs on cached features.
+CACHED_FROZEN_EPOCHS, IMAGE_FROZEN_EPOCHS = 10, 3
+# finetune without --epochs: unfrozen epochs, run only when the frozen head is below this accuracy.
+AUTO_UNFROZEN_EPOCHS, AUTO_UNFREEZE_BELOW = 3, 0.9
 
 # Learning-rate and weight-decay defaults per optimizer (fastai's and torchvision's usual values).
 DEFAULT_LR = {"adamw": 2e-3, "sgd": 1e-2}
@@ -60,8 +66,41 @@ class TrainConfig:
     )
     # --- training ---
     mode: str = field(default="finetune", metadata=_opt("what to train", choices=MODES))
-    epochs: int = field(default=2, metadata=_opt("epochs of the main phase (after the frozen epochs)"))
-    freeze_epochs: int = field(default=3, metadata=_opt("finetune: epochs with the body frozen first"))
+    epochs: int | None = field(
+        default=None,
+        metadata=_opt(
+            "epochs of the main phase: unfrozen epochs after the frozen ones (finetune: 3, run only "
+            "if the frozen head's val accuracy is below --unfreeze-below), or all epochs (features: "
+            "10 on cached features, else 3; full and scratch: 2)"
+        ),
+    )
+    freeze_epochs: int | None = field(
+        default=None,
+        metadata=_opt("finetune: epochs with the body frozen first (10 on cached features, else 3)"),
+    )
+    unfreeze_below: float | None = field(
+        default=None,
+        metadata=_opt(
+            "finetune: unfreeze only if the frozen head's val accuracy is below this (default 0.9 "
+            "when --epochs is not given; otherwise always unfreeze)"
+        ),
+    )
+    cache_features: bool = field(
+        default=True,
+        metadata=_opt("frozen body: compute features once, cache them on disk, train the head on them"),
+    )
+    cache_views: int = field(
+        default=0,
+        metadata=_opt("augmented views per training image for cached frozen epochs (0: the eval view)"),
+    )
+    precision: str = field(
+        default="auto",
+        metadata=_opt(
+            "auto (CUDA: mixed precision; CPU: bf16 inference where native, else fp32), fp32, bf16, fp16",
+            choices=PRECISIONS,
+        ),
+    )
+    compile: bool = field(default=False, metadata=_opt("torch.compile the model for unfrozen training"))
     unfreeze: list[str] | None = field(
         default=None,
         metadata=_opt("comma-separated body blocks to train (e.g. layer3,layer4); others stay frozen"),
@@ -99,8 +138,12 @@ class TrainConfig:
     device: str = field(default="auto", metadata=_opt("auto, cpu, cuda, cuda:N or mps"))
     out: str | None = field(default=None, metadata=_opt("run folder to write (default runs/<data>-<time>)"))
 
-    def resolved(self) -> TrainConfig:
+    def resolved(self, cached: bool = True) -> TrainConfig:
         """A copy with per-context defaults filled in and values checked.
+
+        Args:
+            cached: Whether frozen epochs will run on cached features (they are cheap then, so
+                more of them are the default).
 
         Raises:
             GraftError: For an out-of-range or inconsistent option.
@@ -118,8 +161,21 @@ class TrainConfig:
             c.pretrained = False
         if not c.pretrained and not c.weights:
             c.freeze_bn = False  # random-init statistics must be learned
+        frozen_default = CACHED_FROZEN_EPOCHS if cached and c.cache_features else IMAGE_FROZEN_EPOCHS
         if c.mode != "finetune":
             c.freeze_epochs = 0
+            c.unfreeze_below = None
+        elif c.freeze_epochs is None:
+            c.freeze_epochs = frozen_default
+        if c.epochs is None:
+            if c.mode == "finetune":
+                c.epochs = AUTO_UNFROZEN_EPOCHS
+                if c.unfreeze_below is None:
+                    c.unfreeze_below = AUTO_UNFREEZE_BELOW
+            else:
+                c.epochs = frozen_default if c.mode == "features" else 2
+        if c.precision not in PRECISIONS:
+            raise GraftError(f"unknown precision '{c.precision}'; choose one of {', '.join(PRECISIONS)}")
         if c.mode == "features" and c.unfreeze:
             raise GraftError("--unfreeze needs mode finetune or full (features keeps the whole body frozen)")
         if c.lr is None:
@@ -136,6 +192,8 @@ class TrainConfig:
             (c.head is None or c.head >= 1, "head width must be >= 1"),
             (c.input_size is None or c.input_size >= 16, "input size must be >= 16 pixels"),
             (c.patience is None or c.patience >= 1, "patience must be >= 1"),
+            (c.cache_views >= 0, "cache-views must be >= 0"),
+            (c.unfreeze_below is None or 0 < c.unfreeze_below <= 1, "unfreeze-below must be in (0, 1]"),
         ]
         for ok, message in checks:
             if not ok:

@@ -65,13 +65,27 @@ def collate(items: list[tuple[torch.Tensor | None, int, int]]) -> Batch:
     )
 
 
-def default_workers() -> int:
-    """DataLoader workers for this machine (0 on a single core, else min(cores, 8))."""
+def _cores() -> int:
     try:
-        cores = len(os.sched_getaffinity(0))  # respects taskset/cgroup CPU pinning, unlike cpu_count
+        return len(os.sched_getaffinity(0))  # respects taskset/cgroup CPU pinning, unlike cpu_count
     except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """DataLoader workers for training (0 on a single core, else min(cores, 8))."""
+    cores = _cores()
     return 0 if cores <= 1 else min(cores, 8)
+
+
+def inference_workers(device: torch.device) -> int:
+    """DataLoader workers for passes without gradients.
+
+    With a GPU doing the forward, every core can decode. On the CPU the forward already uses all
+    cores, and decoding workers only fight it for them: on 2 cores, 398 hymenoptera images took
+    8.9 s with no worker and 10.7 s with two. So one worker per four cores (none below four).
+    """
+    return default_workers() if device.type != "cpu" else min(_cores() // 4, 8)
 
 
 def make_loader(

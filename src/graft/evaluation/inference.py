@@ -11,10 +11,15 @@ import torch
 from torch import nn
 
 from graft.data.dataset import Sample
-from graft.data.loaders import make_loader
+from graft.data.loaders import inference_workers, make_loader
 from graft.data.transforms import Preprocessing, eval_transform
 from graft.evaluation.metrics import EvalResult
+from graft.models import ModelSpec
+from graft.models.fuse import inference_model
+from graft.training.cache import FeatureCache, default_cache_root
+from graft.training.features import body_key, eval_view, extract_features, feature_head
 from graft.training.loop import infer, warn_failed
+from graft.training.runtime import inference_batch_size
 
 
 @dataclass
@@ -38,28 +43,60 @@ class Prediction:
 
 def predict_probs(
     model: nn.Module,
+    spec: ModelSpec,
     pre: Preprocessing,
     samples: Sequence[Sample],
     device: torch.device,
     *,
-    batch_size: int = 64,
+    precision: str = "fp32",
+    batch_size: int | None = None,
     workers: int | None = None,
+    use_cache: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities for the decodable samples.
+
+    Runs a BatchNorm-folded, channels_last copy of the model. With ``use_cache``, the body's
+    features come from (and go to) the feature cache, so evaluating a run whose body was never
+    unfrozen re-reads the vectors its training computed.
 
     Returns:
         ``(probs, kept)``: an (n × C) float64 array and the indices into ``samples`` of its rows,
         in sample order. Undecodable files are warned about and left out.
     """
-    loader = make_loader(
-        samples,
-        eval_transform(pre),
-        batch_size=batch_size,
-        workers=workers,
-        min_size=pre.resize_size,
-        pin_memory=device.type == "cuda",
-    )
-    logits, indices, failed = infer(model, loader, device)
+    batch_size = batch_size or inference_batch_size(device, 32)
+    workers = inference_workers(device) if workers is None else workers
+    if use_cache and feature_head(model, spec) is not None:
+        cache = FeatureCache(default_cache_root(), body_key(model, spec, pre, precision))
+        (feats,) = extract_features(
+            model,
+            spec,
+            pre,
+            [(samples, [eval_view(pre)])],
+            device,
+            cache=cache,
+            precision=precision,
+            batch_size=batch_size,
+            workers=workers,
+            desc="predict",
+        )
+        head = feature_head(model, spec)
+        was_training = head.training
+        head.eval()
+        with torch.inference_mode():
+            logits = head(feats.vectors[:, 0].to(device)).float().cpu()
+        head.train(was_training)
+        indices, failed = feats.index, feats.failed
+    else:
+        loader = make_loader(
+            samples,
+            eval_transform(pre),
+            batch_size=batch_size,
+            workers=workers,
+            min_size=pre.resize_size,
+            pin_memory=device.type == "cuda",
+        )
+        fast = inference_model(model, pre.input_size, device)
+        logits, indices, failed = infer(fast, loader, device, precision=precision)
     warn_failed(failed, [s.path for s in samples])
     if logits.numel() == 0:
         return np.zeros((0, 0)), np.zeros(0, dtype=np.int64)
@@ -70,16 +107,18 @@ def predict_probs(
 
 def evaluate_samples(
     model: nn.Module,
+    spec: ModelSpec,
     pre: Preprocessing,
     samples: Sequence[Sample],
     classes: list[str],
     device: torch.device,
-    *,
-    batch_size: int = 64,
-    workers: int | None = None,
+    **kwargs,
 ) -> EvalResult:
-    """Loss, accuracy, per-class metrics and confusion matrix over labeled samples."""
-    probs, kept = predict_probs(model, pre, samples, device, batch_size=batch_size, workers=workers)
+    """Loss, accuracy, per-class metrics and confusion matrix over labeled samples.
+
+    ``kwargs`` are those of :func:`predict_probs`.
+    """
+    probs, kept = predict_probs(model, spec, pre, samples, device, **kwargs)
     labels = np.array([samples[i].label for i in kept], dtype=np.int64)
     if probs.shape[0] == 0:
         probs = np.zeros((0, len(classes)))

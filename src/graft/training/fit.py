@@ -11,13 +11,30 @@ from torch import nn
 
 from graft.config import TrainConfig
 from graft.data.dataset import ImageData
-from graft.data.loaders import make_loader
+from graft.data.loaders import inference_workers, make_loader
 from graft.data.transforms import Augmentation, Preprocessing, eval_transform, train_transform
 from graft.errors import GraftError
 from graft.models import ModelSpec, body_blocks
-from graft.training.loop import infer, train_epoch, warn_failed
-from graft.training.optim import apply_phase, make_optimizer, make_scheduler, plan_phases, set_train_mode
-from graft.training.runtime import grad_scaler, seed_everything
+from graft.training.cache import FeatureCache, default_cache_root
+from graft.training.features import (
+    FeaturePass,
+    augmented_views,
+    body_key,
+    eval_view,
+    extract_features,
+    feature_head,
+    pre_head_dropout,
+)
+from graft.training.loop import EpochStats, infer, train_epoch, warn_failed
+from graft.training.optim import (
+    Phase,
+    apply_phase,
+    make_optimizer,
+    make_scheduler,
+    plan_phases,
+    set_train_mode,
+)
+from graft.training.runtime import grad_scaler, inference_batch_size, resolve_precision, seed_everything
 
 
 @dataclass
@@ -27,6 +44,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int | None = None
     stopped: str | None = None
+    skipped: str | None = None
 
 
 def _better(row: dict, best: dict | None, monitor: str) -> bool:
@@ -52,6 +70,126 @@ HEADER = (
 )
 
 
+class ImagePass:
+    """Epochs over the images themselves (unfrozen phases, or frozen ones without a cache)."""
+
+    def __init__(
+        self, model: nn.Module, pre: Preprocessing, data: ImageData, cfg: TrainConfig, device: torch.device
+    ) -> None:
+        self.model, self.cfg, self.device = model, cfg, device
+        self.precision = resolve_precision(cfg.precision, device, training=True)
+        self.val_precision = resolve_precision(cfg.precision, device)
+        self.net = torch.compile(model) if cfg.compile else model
+        train_samples, val_samples = data.splits["train"], data.splits.get("val", [])
+        aug = Augmentation(enabled=cfg.augment, min_scale=cfg.min_scale, rotate=cfg.rotate, jitter=cfg.jitter)
+        pin = device.type == "cuda"
+        self.train_loader = make_loader(
+            train_samples,
+            train_transform(pre, aug),
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            workers=cfg.workers,
+            seed=cfg.seed,
+            min_size=pre.resize_size,
+            pin_memory=pin,
+            # A last batch of one image breaks BatchNorm in train mode.
+            drop_last=len(train_samples) > cfg.batch_size,
+        )
+        self.val_loader = (
+            make_loader(
+                val_samples,
+                eval_transform(pre),
+                batch_size=inference_batch_size(device, cfg.batch_size),
+                workers=inference_workers(device) if cfg.workers is None else cfg.workers,
+                min_size=pre.resize_size,
+                pin_memory=pin,
+            )
+            if val_samples
+            else None
+        )
+        self.steps_per_epoch = len(self.train_loader)
+
+    def train_epoch(self, optimizer, scheduler, loss_fn, desc: str) -> EpochStats:
+        scaler = grad_scaler(self.device, self.precision)
+        return train_epoch(
+            self.net,
+            self.train_loader,
+            optimizer,
+            scheduler,
+            loss_fn,
+            self.device,
+            scaler,
+            self.cfg.aux_weight,
+            desc=desc,
+            precision=self.precision,
+        )
+
+    def validate(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        if self.val_loader is None:
+            return torch.empty(0, 0), torch.empty(0, dtype=torch.long), []
+        return infer(self.model, self.val_loader, self.device, desc="val", precision=self.val_precision)
+
+
+def feature_pass(
+    model: nn.Module,
+    spec: ModelSpec,
+    pre: Preprocessing,
+    data: ImageData,
+    cfg: TrainConfig,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> FeaturePass:
+    """Compute (or read from the cache) the frozen body's features of train and val."""
+    t0 = time.perf_counter()
+    precision = resolve_precision(cfg.precision, device)
+    cache = FeatureCache(default_cache_root(), body_key(model, spec, pre, precision))
+    aug = Augmentation(enabled=cfg.augment, min_scale=cfg.min_scale, rotate=cfg.rotate, jitter=cfg.jitter)
+    train_views = augmented_views(pre, aug, cfg.cache_views, cfg.seed) or [eval_view(pre)]
+    train_samples, val_samples = data.splits["train"], data.splits.get("val", [])
+    train, val = extract_features(
+        model,
+        spec,
+        pre,
+        [(train_samples, train_views), (val_samples, [eval_view(pre)])],
+        device,
+        cache=cache,
+        precision=precision,
+        batch_size=inference_batch_size(device, cfg.batch_size),
+        workers=cfg.workers,
+    )
+    computed = train.computed + val.computed
+    total = train.vectors.shape[0] * train.vectors.shape[1] + val.vectors.shape[0]
+    log(
+        f"features of the frozen body: {total - computed} from the cache, {computed} computed "
+        f"({time.perf_counter() - t0:.1f} s, {precision})"
+    )
+    labels = torch.tensor([s.label for s in train_samples], dtype=torch.long)
+    val_labels = torch.tensor([s.label for s in val_samples], dtype=torch.long)
+    return FeaturePass(
+        feature_head(model, spec),
+        pre_head_dropout(model, spec),
+        train,
+        labels,
+        val,
+        val_labels,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        device=device,
+    )
+
+
+def _skip_unfreeze(phase: Phase, cfg: TrainConfig, best: dict | None) -> str | None:
+    """Why the unfrozen phase is not worth running, or None to run it."""
+    if phase.name != "unfrozen" or cfg.unfreeze_below is None or best is None or best["val_acc"] == "":
+        return None
+    if best["val_acc"] < cfg.unfreeze_below:
+        return None
+    return (
+        f"skipped the unfrozen epochs: the frozen head reached val accuracy {best['val_acc']:.4f} "
+        f">= {cfg.unfreeze_below} (--unfreeze-below); pass --epochs N to fine-tune anyway"
+    )
+
+
 def fit(
     model: nn.Module,
     spec: ModelSpec,
@@ -62,6 +200,9 @@ def fit(
     log: Callable[[str], None] = print,
 ) -> FitResult:
     """Train ``model`` on ``data`` as ``cfg`` says and leave the best weights in it.
+
+    Frozen phases run on cached body features when ``cfg.cache_features`` is on and the head
+    allows it (:func:`~graft.training.features.feature_head`); other phases run on the images.
 
     Args:
         model: The network (already on ``device``).
@@ -77,64 +218,45 @@ def fit(
     """
     seed_everything(cfg.seed)
     train_samples, val_samples = data.splits["train"], data.splits.get("val", [])
-    aug = Augmentation(enabled=cfg.augment, min_scale=cfg.min_scale, rotate=cfg.rotate, jitter=cfg.jitter)
-    pin = device.type == "cuda"
-    train_loader = make_loader(
-        train_samples,
-        train_transform(pre, aug),
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        workers=cfg.workers,
-        seed=cfg.seed,
-        min_size=pre.resize_size,
-        pin_memory=pin,
-        # A last batch of one image breaks BatchNorm in train mode.
-        drop_last=len(train_samples) > cfg.batch_size,
-    )
-    val_loader = (
-        make_loader(
-            val_samples,
-            eval_transform(pre),
-            batch_size=cfg.batch_size * 2,
-            workers=cfg.workers,
-            min_size=pre.resize_size,
-            pin_memory=pin,
-        )
-        if val_samples
-        else None
-    )
     val_labels = torch.tensor([s.label for s in val_samples], dtype=torch.long)
     train_loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss()
 
     phases = plan_phases(cfg, [name for name, _ in body_blocks(model, spec)])
+    cached = cfg.cache_features and feature_head(model, spec) is not None
+    passes: dict[str, ImagePass | FeaturePass] = {}
     result = FitResult()
     best_row: dict | None = None
     best_state: dict[str, torch.Tensor] | None = None
     warned: set[int] = set()
     epoch = 0
-    log(HEADER)
     try:
         for phase in phases:
+            skip = _skip_unfreeze(phase, cfg, best_row)
+            if skip:
+                log(skip)
+                result.skipped = skip
+                continue
+            kind = "features" if phase.name == "frozen" and cached else "images"
+            if kind not in passes:
+                passes[kind] = (
+                    feature_pass(model, spec, pre, data, cfg, device, log)
+                    if kind == "features"
+                    else ImagePass(model, pre, data, cfg, device)
+                )
+                if not result.history:
+                    log(HEADER)
+            runner = passes[kind]
             groups = apply_phase(model, spec, phase)
             optimizer = make_optimizer(groups, cfg)
-            scheduler = make_scheduler(optimizer, cfg, phase.epochs, len(train_loader))
-            scaler = grad_scaler(device)
+            scheduler = make_scheduler(optimizer, cfg, phase.epochs, runner.steps_per_epoch)
             stale = 0
             for _ in range(phase.epochs):
                 epoch += 1
                 t0 = time.perf_counter()
                 set_train_mode(model, spec, phase, cfg.freeze_bn)
-                stats = train_epoch(
-                    model,
-                    train_loader,
-                    optimizer,
-                    scheduler,
-                    train_loss_fn,
-                    device,
-                    scaler,
-                    cfg.aux_weight,
-                    desc=f"epoch {epoch} ({phase.name})",
+                stats = runner.train_epoch(
+                    optimizer, scheduler, train_loss_fn, f"epoch {epoch} ({phase.name})"
                 )
                 failed = set(stats.failed)
                 row = {
@@ -147,15 +269,14 @@ def fit(
                     "lr": stats.lr_max,
                     "seconds": 0.0,
                 }
-                if val_loader is not None:
-                    logits, idx, val_failed = infer(model, val_loader, device, desc=f"epoch {epoch} (val)")
-                    failed_val = set(val_failed)
-                    warn_failed(sorted(failed_val - warned), [s.path for s in val_samples])
-                    warned |= failed_val
-                    if logits.numel():
-                        y = val_labels[idx]
-                        row["val_loss"] = val_loss_fn(logits, y).item()
-                        row["val_acc"] = (logits.argmax(1) == y).float().mean().item()
+                logits, idx, val_failed = runner.validate()
+                failed_val = set(val_failed)
+                warn_failed(sorted(failed_val - warned), [s.path for s in val_samples])
+                warned |= failed_val
+                if logits.numel():
+                    y = val_labels[idx]
+                    row["val_loss"] = val_loss_fn(logits, y).item()
+                    row["val_acc"] = (logits.argmax(1) == y).float().mean().item()
                 warn_failed(sorted(failed - warned), [s.path for s in train_samples])
                 warned |= failed
                 row["seconds"] = time.perf_counter() - t0

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from graft.data.loaders import Batch
 from graft.errors import GraftError
-from graft.training.runtime import autocast
+from graft.training.runtime import autocast, channels_last
 
 
 def split_outputs(out: object) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -56,6 +56,7 @@ def train_epoch(
     scaler: torch.amp.GradScaler,
     aux_weight: float,
     desc: str,
+    precision: str = "fp32",
 ) -> EpochStats:
     """One pass over ``loader`` with an optimizer and scheduler step per batch.
 
@@ -70,15 +71,12 @@ def train_epoch(
         stats.failed += batch.failed
         if batch.images.numel() == 0:
             continue
-        x = batch.images.to(device, non_blocking=True)
+        x = channels_last(batch.images.to(device, non_blocking=True))
         y = batch.labels.to(device, non_blocking=True)
-        with autocast(device):
+        with autocast(device, precision):
             logits, aux = split_outputs(model(x))
             loss = loss_fn(logits, y) + sum(aux_weight * loss_fn(a, y) for a in aux)
-        if not math.isfinite(loss.item()):
-            raise GraftError(
-                f"loss became {loss.item()} during {desc}; lower --lr (the best weights so far are kept)"
-            )
+        check_finite(loss, desc)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -95,9 +93,25 @@ def train_epoch(
     return stats
 
 
+def check_finite(loss: torch.Tensor, desc: str) -> None:
+    """Stop on a NaN or infinite loss.
+
+    Raises:
+        GraftError: Naming the epoch; the caller keeps the best weights so far.
+    """
+    if not math.isfinite(loss.item()):
+        raise GraftError(
+            f"loss became {loss.item()} during {desc}; lower --lr (the best weights so far are kept)"
+        )
+
+
 @torch.inference_mode()
 def infer(
-    model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "predict"
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    desc: str = "predict",
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Run ``model`` in eval mode over ``loader``.
 
@@ -112,8 +126,8 @@ def infer(
         failed += batch.failed
         if batch.images.numel() == 0:
             continue
-        with autocast(device):
-            logits, _ = split_outputs(model(batch.images.to(device, non_blocking=True)))
+        with autocast(device, precision):
+            logits, _ = split_outputs(model(channels_last(batch.images.to(device, non_blocking=True))))
         outs.append(logits.float().cpu())
         idx.append(batch.indices)
     if not outs:
