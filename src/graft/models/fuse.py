@@ -110,4 +110,4 @@ def inference_model(model: nn.Module, input_size: int, device: torch.device) -> 
     BatchNorm folded, channels_last memory."""
     example = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
     example = example.to(device).contiguous(memory_format=torch.channels_last)
-    return fold_batchnorm(model.to(memory_format=torch.channels_last), example)
+    return fold_batchnorm(model, example).to(memory_format=torch.channels_last)
