@@ -10,12 +10,14 @@ Prints, for one ImageFolder dataset (default: ../shared/datasets/hymenoptera):
    resident memory of each training process.
 4. Prediction throughput: ``Learner.predict_probs`` over a folder (what ``graft predict`` runs:
    decoding, resizing, forward) against the raw forward of the same inference model on the same
-   images already decoded into tensors, at the same batch size and precision.
+   images already decoded into tensors, at the same batch size and precision, on DATA (photos of
+   about 500x375, whose JPEG decoding and resizing cost about a third of the forward pass on
+   2 cores) and on flowers5's daisy folder (128 px JPEGs).
 
 Needs the bench extra for the baseline: ``pip install -e .[bench]`` (fastai). ``--skip-fastai``
 runs graft's part alone. Not a test: it prints measurements, it asserts nothing.
 
-Usage: python bench/performance.py [--data DIR] [--predict DIR] [--json OUT]
+Usage: python bench/performance.py [--data DIR] [--predict DIR...] [--json OUT]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +35,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
+# Small JPEGs (128 px), where decoding costs little next to the forward pass.
+SMALL_IMAGES = ROOT.parent / "shared" / "datasets" / "flowers5" / "flowers" / "daisy"
+REPEATS = 3
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> dict:
@@ -89,21 +95,28 @@ def bench_predict(run: str, folder: Path) -> dict:
     paths = list_images(folder, recursive=True)
     bs = inference_batch_size(learn.device, 32)
     learn.predict_probs(paths[:bs])  # warm-up: oneDNN primitives, page cache
-    t0 = time.perf_counter()
-    kept, _ = learn.predict_probs(paths)
-    predict_s = time.perf_counter() - t0
+    # This machine's neighbours make single timings vary by 20%: take the median of 3.
+    predict_times = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        kept, _ = learn.predict_probs(paths)
+        predict_times.append(time.perf_counter() - t0)
+    predict_s = statistics.median(predict_times)
 
     pre = learn.preprocessing
     tf = eval_transform(pre)
     tensors = [tf(load_image(p, pre.resize_size)) for p in paths]
     batches = [channels_last(torch.stack(tensors[i : i + bs])) for i in range(0, len(tensors), bs)]
     fast = inference_model(learn.model, pre.input_size, learn.device)
+    raw_times = []
     with torch.inference_mode(), autocast(learn.device, learn.precision):
         fast(batches[0].to(learn.device))
-        t0 = time.perf_counter()
-        for b in batches:
-            fast(b.to(learn.device)).float().cpu()
-        raw_s = time.perf_counter() - t0
+        for _ in range(REPEATS):
+            t0 = time.perf_counter()
+            for b in batches:
+                fast(b.to(learn.device)).float().cpu()
+            raw_times.append(time.perf_counter() - t0)
+    raw_s = statistics.median(raw_times)
     return {
         "images": len(kept),
         "batch_size": bs,
@@ -117,7 +130,13 @@ def bench_predict(run: str, folder: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="ImageFolder with train/ and val/")
-    p.add_argument("--predict", type=Path, default=None, help="throughput folder (default: DATA)")
+    p.add_argument(
+        "--predict",
+        type=Path,
+        nargs="*",
+        default=None,
+        help="folders for the throughput test (default: DATA, and flowers5's daisy folder if present)",
+    )
     p.add_argument("--skip-fastai", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args()
@@ -126,6 +145,11 @@ def main() -> None:
     import torch
 
     cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        lines = cpuinfo.read_text().splitlines()
+        names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
     machine = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
     print(f"machine: {machine}; data: {args.data}")
     results: dict = {"machine": machine, "data": str(args.data)}
