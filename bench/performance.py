@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
 # Small JPEGs (128 px), where decoding costs little next to the forward pass.
 SMALL_IMAGES = ROOT.parent / "shared" / "datasets" / "flowers5" / "flowers" / "daisy"
-REPEATS = 3
+REPEATS = 5
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> dict:
@@ -95,28 +95,29 @@ def bench_predict(run: str, folder: Path) -> dict:
     paths = list_images(folder, recursive=True)
     bs = inference_batch_size(learn.device, 32)
     learn.predict_probs(paths[:bs])  # warm-up: oneDNN primitives, page cache
-    # This machine's neighbours make single timings vary by 20%: take the median of 3.
-    predict_times = []
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        kept, _ = learn.predict_probs(paths)
-        predict_times.append(time.perf_counter() - t0)
-    predict_s = statistics.median(predict_times)
-
     pre = learn.preprocessing
     tf = eval_transform(pre)
     tensors = [tf(load_image(p, pre.resize_size)) for p in paths]
     batches = [channels_last(torch.stack(tensors[i : i + bs])) for i in range(0, len(tensors), bs)]
     fast = inference_model(learn.model, pre.input_size, learn.device)
-    raw_times = []
-    with torch.inference_mode(), autocast(learn.device, learn.precision):
-        fast(batches[0].to(learn.device))
-        for _ in range(REPEATS):
-            t0 = time.perf_counter()
+
+    def raw_forward() -> None:
+        with torch.inference_mode(), autocast(learn.device, learn.precision):
             for b in batches:
                 fast(b.to(learn.device)).float().cpu()
-            raw_times.append(time.perf_counter() - t0)
-    raw_s = statistics.median(raw_times)
+
+    raw_forward()  # warm-up
+    # This machine's neighbours make single timings vary by 20% or more: alternate the two
+    # measurements so both see the same conditions, and take medians.
+    predict_times, raw_times = [], []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        kept, _ = learn.predict_probs(paths)
+        predict_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        raw_forward()
+        raw_times.append(time.perf_counter() - t0)
+    predict_s, raw_s = statistics.median(predict_times), statistics.median(raw_times)
     return {
         "images": len(kept),
         "batch_size": bs,

@@ -22,7 +22,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Epochs whose default depends on whether the frozen phase runs on cached features.
 CACHED_FROZEN_EPOCHS, IMAGE_FROZEN_EPOCHS = 10, 3
 # finetune without --epochs: unfrozen epochs, run only when the frozen head is below this accuracy.
-AUTO_UNFROZEN_EPOCHS, AUTO_UNFREEZE_BELOW = 3, 0.9
+AUTO_UNFROZEN_EPOCHS, AUTO_UNFREEZE_BELOW = 3, 0.95
 
 # Learning-rate and weight-decay defaults per optimizer (fastai's and torchvision's usual values).
 DEFAULT_LR = {"adamw": 2e-3, "sgd": 1e-2}
@@ -81,7 +81,7 @@ class TrainConfig:
     unfreeze_below: float | None = field(
         default=None,
         metadata=_opt(
-            "finetune: unfreeze only if the frozen head's val accuracy is below this (default 0.9 "
+            "finetune: unfreeze only if the frozen head's val accuracy is below this (default 0.95 "
             "when --epochs is not given; otherwise always unfreeze)"
         ),
     )

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from graft import ImageData, Learner, load_learner
+from graft.config import AUTO_UNFREEZE_BELOW
 from graft.data.dataset import Sample
 from graft.data.images import load_image
 from graft.data.transforms import Augmentation, eval_transform
@@ -272,9 +273,9 @@ def test_finetune_skips_unfreezing_when_the_frozen_head_is_good_enough(colors):
     learn = Learner(data, "tf_efficientnet_lite0", input_size=64)
     lines = []
     history = learn.fit(mode="finetune", batch_size=8, lr=0.02, workers=0, log=lines.append)
-    assert learn.config.epochs == 3 and learn.config.unfreeze_below == 0.9
+    assert learn.config.epochs == 3 and learn.config.unfreeze_below == AUTO_UNFREEZE_BELOW
     assert [r["phase"] for r in history] == ["frozen"] * learn.config.freeze_epochs
-    assert max(r["val_acc"] for r in history) >= 0.9
+    assert max(r["val_acc"] for r in history) >= AUTO_UNFREEZE_BELOW
     assert "--unfreeze-below" in learn.metrics["skipped"]
     assert any(line.startswith("skipped the unfrozen epochs") for line in lines)
 

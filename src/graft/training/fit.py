@@ -70,6 +70,10 @@ HEADER = (
 )
 
 
+def _augmentation(cfg: TrainConfig) -> Augmentation:
+    return Augmentation(enabled=cfg.augment, min_scale=cfg.min_scale, rotate=cfg.rotate, jitter=cfg.jitter)
+
+
 class ImagePass:
     """Epochs over the images themselves (unfrozen phases, or frozen ones without a cache)."""
 
@@ -81,11 +85,10 @@ class ImagePass:
         self.val_precision = resolve_precision(cfg.precision, device)
         self.net = torch.compile(model) if cfg.compile else model
         train_samples, val_samples = data.splits["train"], data.splits.get("val", [])
-        aug = Augmentation(enabled=cfg.augment, min_scale=cfg.min_scale, rotate=cfg.rotate, jitter=cfg.jitter)
         pin = device.type == "cuda"
         self.train_loader = make_loader(
             train_samples,
-            train_transform(pre, aug),
+            train_transform(pre, _augmentation(cfg)),
             batch_size=cfg.batch_size,
             shuffle=True,
             workers=cfg.workers,
@@ -143,8 +146,7 @@ def feature_pass(
     t0 = time.perf_counter()
     precision = resolve_precision(cfg.precision, device)
     cache = FeatureCache(default_cache_root(), body_key(model, spec, pre, precision))
-    aug = Augmentation(enabled=cfg.augment, min_scale=cfg.min_scale, rotate=cfg.rotate, jitter=cfg.jitter)
-    train_views = augmented_views(pre, aug, cfg.cache_views, cfg.seed) or [eval_view(pre)]
+    train_views = augmented_views(pre, _augmentation(cfg), cfg.cache_views, cfg.seed) or [eval_view(pre)]
     train_samples, val_samples = data.splits["train"], data.splits.get("val", [])
     train, val = extract_features(
         model,
