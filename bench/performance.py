@@ -176,12 +176,16 @@ def main() -> None:
                 ratio = results["fastai"]["wall_s"] / results[f"graft_{name}"]["wall_s"]
                 results[f"speedup_{name}"] = ratio
                 print(f"speed-up over fastai ({name} cache): {ratio:.1f}x")
-        results["predict"] = r = bench_predict(results["graft_cold"]["run"], args.predict or args.data)
-        print(
-            f"predict: {r['predict_images_per_s']:.1f} images/s over {r['images']} images vs raw forward "
-            f"{r['raw_forward_images_per_s']:.1f} images/s (batch {r['batch_size']}, {r['precision']}): "
-            f"ratio {r['ratio']:.2f}"
-        )
+        folders = args.predict or [args.data, *([SMALL_IMAGES] if SMALL_IMAGES.is_dir() else [])]
+        results["predict"] = []
+        for folder in folders:
+            r = bench_predict(results["graft_cold"]["run"], folder)
+            results["predict"].append({"folder": str(folder), **r})
+            print(
+                f"predict {folder}: {r['predict_images_per_s']:.1f} images/s over {r['images']} images "
+                f"vs raw forward {r['raw_forward_images_per_s']:.1f} images/s (batch {r['batch_size']}, "
+                f"{r['precision']}): ratio {r['ratio']:.2f}"
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -2,6 +2,7 @@
 
 import shutil
 
+import pytest
 import torch
 
 from graft.training import cache as cache_module
@@ -100,3 +101,12 @@ def test_vectors_are_stored_as_float32(tmp_path, monkeypatch):
     cache.put({"eval:k": torch.tensor([0.5, 1.5], dtype=torch.float64)})
     got = FeatureCache(tmp_path / "here", "body").get(["eval:k"])["eval:k"]
     assert got.dtype == torch.float32 and got.tolist() == [0.5, 1.5]
+
+
+def test_an_unwritable_cache_warns_and_keeps_going(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    cache = FeatureCache(blocker / "root", "key")
+    with pytest.warns(UserWarning, match="could not write the feature cache"):
+        cache.put({"eval:abc": torch.ones(4)})
+    assert cache.get(["eval:abc"]) == {}

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import uuid
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -99,19 +100,30 @@ class FeatureCache:
         return found
 
     def put(self, vectors: dict[str, torch.Tensor]) -> None:
-        """Store new vectors as one more shard (atomically), merging shards when there are many."""
+        """Store new vectors as one more shard (atomically), merging shards when there are many.
+
+        A cache that cannot be written (read-only, disk full) gives a warning, not an error.
+        """
         if not vectors:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
         shard = self.folder / f"shard-{uuid.uuid4().hex}.safetensors"
-        self._write(shard, vectors)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._write(shard, vectors)
+        except OSError as e:  # the cache only saves time: a read-only or full disk must not stop a run
+            message = f"could not write the feature cache in {self.folder} ({e}); going on without it"
+            warnings.warn(message, stacklevel=2)
+            return
         index = self._index()
         index.update(dict.fromkeys(vectors, shard))
         shards = sorted(set(index.values()))
         if len(shards) > MAX_SHARDS:
             merged = self.get(list(index))
             target = self.folder / f"shard-{uuid.uuid4().hex}.safetensors"
-            self._write(target, merged)
+            try:
+                self._write(target, merged)
+            except OSError:
+                return  # unmerged shards still work
             for old in shards:
                 old.unlink(missing_ok=True)
             self._where = dict.fromkeys(merged, target)
