@@ -285,3 +285,7 @@ def test_finetune_skips_unfreezing_when_the_frozen_head_is_good_enough(colors):
     )
     assert [r["phase"] for r in history] == ["frozen", "frozen", "unfrozen"]
     assert "skipped" not in explicit.metrics
+
+    # Asking a learner whose last fit skipped unfreezing for epochs runs them too.
+    again = learn.fit(freeze_epochs=1, epochs=1, batch_size=8, workers=0, log=lambda _: None)
+    assert [r["phase"] for r in again] == ["frozen", "unfrozen"]

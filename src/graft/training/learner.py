@@ -146,6 +146,8 @@ class Learner:
         """
         if self.data is None:
             raise GraftError("this learner has no data to train on")
+        if "epochs" in overrides and "unfreeze_below" not in overrides:
+            overrides["unfreeze_below"] = None  # asked-for epochs always run (as on the CLI)
         cfg = dataclasses.replace(config or self.config, **overrides)
         cfg = cfg.resolved(cached=feature_head(self.model, self.spec) is not None)
         if cfg.mode == "scratch" and self.config.pretrained:
