@@ -94,3 +94,21 @@ def test_evaluating_the_training_root_uses_the_saved_split(tmp_path):
     # No --split: the run's own dataset root means its held-out test split, not class folders.
     result = learn.evaluate(root)
     assert result.n == len(data.splits["test"]) == 4
+
+
+def test_prediction_reuses_its_folded_copy_until_the_weights_change(trained, tmp_path):
+    root, learn, _ = trained
+    loaded = load_learner(learn.save(tmp_path / "run"), device="cpu")
+    files = sorted((root / "test").rglob("*.png"))
+    _, first = loaded.predict_probs(files)
+    fast = loaded._inference_model()
+    _, again = loaded.predict_probs(files)
+    assert loaded._inference_model() is fast
+    np.testing.assert_array_equal(first, again)
+
+    head = loaded.model.get_submodule(loaded.spec.head_names[0])
+    with torch.no_grad():
+        head.bias.add_(torch.tensor([10.0, 0.0, 0.0]))  # in place, like an optimizer step
+    _, changed = loaded.predict_probs(files)
+    assert loaded._inference_model() is not fast
+    assert (changed.argmax(1) == 0).all() and not (first.argmax(1) == 0).all()

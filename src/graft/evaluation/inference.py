@@ -52,12 +52,14 @@ def predict_probs(
     batch_size: int | None = None,
     workers: int | None = None,
     use_cache: bool = False,
+    fast: nn.Module | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities for the decodable samples.
 
     Runs a BatchNorm-folded, channels_last copy of the model. With ``use_cache``, the body's
     features come from (and go to) the feature cache, so evaluating a run whose body was never
-    unfrozen re-reads the vectors its training computed.
+    unfrozen re-reads the vectors its training computed. ``fast`` is an inference copy from
+    :func:`~graft.models.fuse.inference_model` to reuse (built here when None).
 
     Returns:
         ``(probs, kept)``: an (n × C) float64 array and the indices into ``samples`` of its rows,
@@ -95,7 +97,8 @@ def predict_probs(
             min_size=pre.resize_size,
             pin_memory=device.type == "cuda",
         )
-        fast = inference_model(model, pre.input_size, device)
+        if fast is None:
+            fast = inference_model(model, pre.input_size, device)
         logits, indices, failed = infer(fast, loader, device, precision=precision)
     warn_failed(failed, [s.path for s in samples])
     if logits.numel() == 0:

@@ -28,6 +28,7 @@ from graft.evaluation.inference import Prediction, evaluate_samples, predict_pro
 from graft.evaluation.metrics import EvalResult
 from graft.export.bundle import load_bundle, save_bundle
 from graft.models import ModelSpec, build_model, create_model
+from graft.models.fuse import inference_model
 from graft.training.features import feature_head
 from graft.training.fit import fit
 from graft.training.runtime import resolve_precision, seed_everything, select_device
@@ -110,6 +111,7 @@ class Learner:
         self.history: list[dict] = []
         self.metrics: dict = dict(metrics or {})
         self.split = split
+        self._fast: tuple[tuple, torch.nn.Module] | None = None
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Learner:
@@ -214,8 +216,19 @@ class Learner:
             self.device,
             precision=self.precision,
             workers=self.config.workers,
+            fast=self._inference_model(),
         )
         return [samples[i].path for i in kept], probs
+
+    def _inference_model(self) -> torch.nn.Module:
+        """The BatchNorm-folded copy used for prediction, rebuilt only when the weights changed
+        (every in-place update, e.g. an optimizer step or ``load_state_dict``, bumps a tensor's
+        version counter)."""
+        state = self.model.state_dict()
+        stamp = tuple((t.data_ptr(), t._version) for t in state.values())
+        if self._fast is None or self._fast[0] != stamp:
+            self._fast = (stamp, inference_model(self.model, self.preprocessing.input_size, self.device))
+        return self._fast[1]
 
     @property
     def precision(self) -> str:
