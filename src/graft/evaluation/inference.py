@@ -17,7 +17,7 @@ from graft.evaluation.metrics import EvalResult
 from graft.models import ModelSpec
 from graft.models.fuse import inference_model
 from graft.training.cache import FeatureCache, default_cache_root
-from graft.training.features import body_key, eval_view, extract_features, feature_head
+from graft.training.features import body_key, eval_view, extract_features, feature_head, head_logits
 from graft.training.loop import infer, warn_failed
 from graft.training.runtime import inference_batch_size
 
@@ -67,7 +67,8 @@ def predict_probs(
     """
     batch_size = batch_size or inference_batch_size(device, 32)
     workers = inference_workers(device) if workers is None else workers
-    if use_cache and feature_head(model, spec) is not None:
+    head = feature_head(model, spec) if use_cache else None
+    if head is not None:
         cache = FeatureCache(default_cache_root(), body_key(model, spec, pre, precision))
         (feats,) = extract_features(
             model,
@@ -81,12 +82,7 @@ def predict_probs(
             workers=workers,
             desc="predict",
         )
-        head = feature_head(model, spec)
-        was_training = head.training
-        head.eval()
-        with torch.inference_mode():
-            logits = head(feats.vectors[:, 0].to(device)).float().cpu()
-        head.train(was_training)
+        logits = head_logits(head, feats.vectors[:, 0], device)
         indices, failed = feats.index, feats.failed
     else:
         loader = make_loader(

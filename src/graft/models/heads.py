@@ -66,6 +66,10 @@ def _conv(in_channels: int, out_channels: int) -> nn.Conv2d:
     return conv
 
 
+def _mlp(first: nn.Module, last: nn.Module, dropout: float) -> nn.Sequential:
+    return nn.Sequential(first, nn.ReLU(inplace=True), nn.Dropout(dropout), last)
+
+
 def new_head(old: nn.Module, num_classes: int, hidden: int | None, dropout: float, *, name: str) -> nn.Module:
     """A fresh head with the same input width as ``old``.
 
@@ -78,21 +82,11 @@ def new_head(old: nn.Module, num_classes: int, hidden: int | None, dropout: floa
     if isinstance(old, nn.Linear):
         if hidden is None or is_aux(name):
             return _linear(old.in_features, num_classes)
-        return nn.Sequential(
-            _linear(old.in_features, hidden),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            _linear(hidden, num_classes),
-        )
+        return _mlp(_linear(old.in_features, hidden), _linear(hidden, num_classes), dropout)
     if isinstance(old, nn.Conv2d) and old.kernel_size == (1, 1):
         if hidden is None:
             return _conv(old.in_channels, num_classes)
-        return nn.Sequential(
-            _conv(old.in_channels, hidden),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            _conv(hidden, num_classes),
-        )
+        return _mlp(_conv(old.in_channels, hidden), _conv(hidden, num_classes), dropout)
     raise GraftError(f"cannot replace the classifier '{name}' ({type(old).__name__}): not a Linear layer")
 
 

@@ -272,6 +272,18 @@ def _compute(
     return out
 
 
+@torch.inference_mode()
+def head_logits(head: nn.Module, vectors: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """float32 CPU logits of ``head`` in eval mode for cached ``(n, dim)`` vectors; the head's
+    train/eval mode is left as it was."""
+    was_training = head.training
+    head.eval()
+    try:
+        return head(vectors.to(device)).float().cpu()
+    finally:
+        head.train(was_training)
+
+
 class FeaturePass:
     """Frozen epochs on cached vectors: the same interface as the image path in ``fit``.
 
@@ -348,8 +360,5 @@ class FeaturePass:
         if self.val_set is None or not len(self.val_set.index):
             failed = self.val_set.failed if self.val_set is not None else []
             return torch.empty(0, 0), torch.empty(0, dtype=torch.long), failed
-        was_training = self.head.training
-        self.head.eval()
-        logits = self.head(self.val_set.vectors[:, 0].to(self.device)).float().cpu()
-        self.head.train(was_training)
+        logits = head_logits(self.head, self.val_set.vectors[:, 0], self.device)
         return logits, self.val_set.index, self.val_set.failed
