@@ -29,6 +29,16 @@ DEFAULT_LR = {"adamw": 2e-3, "sgd": 1e-2}
 DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2, "sgd": 1e-4}
 
 
+def parse_lr(text: str) -> float | str:
+    """A learning rate from the command line: a number or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"not a number or 'auto': {text}") from None
+
+
 def _opt(help: str, **kw: Any) -> dict:
     return {"help": help, **kw}
 
@@ -109,8 +119,13 @@ class TrainConfig:
         default=True,
         metadata=_opt("keep pretrained BatchNorm statistics fixed while fine-tuning (Keras' advice)"),
     )
-    lr: float | None = field(
-        default=None, metadata=_opt("peak learning rate of the head (default per optimizer)")
+    lr: float | str | None = field(
+        default=None,
+        metadata=_opt(
+            "peak learning rate of the head (default per optimizer), or 'auto' to pick it with "
+            "the learning-rate range test (graft lr-find)",
+            parse=parse_lr,
+        ),
     )
     lr_mult: float = field(default=100.0, metadata=_opt("finetune: head lr / first body block lr"))
     optimizer: str = field(default="adamw", metadata=_opt("optimizer", choices=OPTIMIZERS))
@@ -137,6 +152,9 @@ class TrainConfig:
     )
     device: str = field(default="auto", metadata=_opt("auto, cpu, cuda, cuda:N or mps"))
     out: str | None = field(default=None, metadata=_opt("run folder to write (default runs/<data>-<time>)"))
+    report: bool = field(
+        default=True, metadata=_opt("write report.html (curves, confusion matrix, top losses) after training")
+    )
 
     def resolved(self, cached: bool = True) -> TrainConfig:
         """A copy with per-context defaults filled in and values checked.
@@ -180,13 +198,15 @@ class TrainConfig:
             raise GraftError("--unfreeze needs mode finetune or full (features keeps the whole body frozen)")
         if c.lr is None:
             c.lr = DEFAULT_LR[c.optimizer]
+        if isinstance(c.lr, str) and c.lr != "auto":
+            raise GraftError(f"lr must be a number or 'auto', not '{c.lr}'")
         if c.weight_decay is None:
             c.weight_decay = DEFAULT_WEIGHT_DECAY[c.optimizer]
         checks = [
             (c.epochs >= 0 and c.freeze_epochs >= 0, "epochs must be >= 0"),
             (c.epochs + c.freeze_epochs > 0, "nothing to train: epochs and freeze-epochs are both 0"),
             (c.batch_size >= 1, "batch size must be >= 1"),
-            (c.lr > 0 and c.lr_mult >= 1, "lr must be > 0 and lr-mult >= 1"),
+            ((c.lr == "auto" or c.lr > 0) and c.lr_mult >= 1, "lr must be > 0 and lr-mult >= 1"),
             (0 <= c.label_smoothing < 1, "label smoothing must be in [0, 1)"),
             (0 < c.min_scale <= 1, "min-scale must be in (0, 1]"),
             (c.head is None or c.head >= 1, "head width must be >= 1"),

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Collection
 
 from graft.config import TrainConfig
 
@@ -22,10 +23,19 @@ def _comma_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (``valid_split`` → ``--valid-split``); booleans get ``--no-…``."""
+def add_config_arguments(
+    parser: argparse.ArgumentParser, exclude: Collection[str] = (), defaults: dict | None = None
+) -> None:
+    """One flag per TrainConfig field (``valid_split`` → ``--valid-split``); booleans get ``--no-…``.
+
+    Args:
+        exclude: Fields that get no flag (the command sets them itself).
+        defaults: Per-command defaults that replace the config's (shown in the help).
+    """
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
+        if f.name in exclude:
+            continue
         meta = f.metadata
         kind = _base_type(hints[f.name])
         kwargs: dict = {"help": meta.get("help", "")}
@@ -38,11 +48,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         elif typing.get_origin(kind) is list:
             kwargs["type"], kwargs["metavar"] = _comma_list, "A,B"
         else:
-            kwargs["type"] = kind
+            kwargs["type"] = meta.get("parse", kind)
             kwargs["metavar"] = f.name.upper() if "choices" not in meta else None
         if "choices" in meta:
             kwargs["choices"] = meta["choices"]
-        default = f.default
+        default = (defaults or {}).get(f.name, f.default)
         if default is not None and kind is not bool:
             kwargs["help"] += f" (default: {default})"
         parser.add_argument(flag, dest=f.name, default=default, **kwargs)
@@ -50,4 +60,6 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig the parsed flags describe."""
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    return TrainConfig(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    )

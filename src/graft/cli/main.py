@@ -35,9 +35,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     # model's frozen epochs can run on cached features (which changes the epoch defaults).
     cfg = raw.resolved()
     out = Path(cfg.out or f"runs/{Path(cfg.data).resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    _check_out_dir(out, args.overwrite)
+    _check_no_run(out, args.overwrite)
     cfg.out = str(out)
     learn = Learner.from_config(cfg)
+    _check_writable(out)  # after the data loaded, so bad data leaves no empty run folder behind
     data = learn.data
     print(f"data: {data.root} (layout: {data.layout}, {len(data.classes)} classes)")
     print(data.summary())
@@ -51,8 +52,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"mode {cfg.mode}, device {learn.device}"
     )
     learn.fit(dataclasses.replace(raw, out=str(out)))
-    if data.splits.get("test") and all(s.label is not None for s in data.splits["test"]):
-        result = learn.evaluate(split="test")
+    labeled_test = bool(data.splits.get("test")) and all(s.label is not None for s in data.splits["test"])
+    split = "test" if labeled_test else "val" if data.splits.get("val") else None
+    interp = learn.interpret(split=split) if split and (labeled_test or cfg.report) else None
+    if labeled_test:
+        result = interp.result
         learn.metrics.update(test_acc=result.accuracy, test_loss=result.loss, test_n=result.n)
         print(f"test: accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  ({result.n} images)")
     learn.save(out)
@@ -60,6 +64,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if m.get("val_acc") not in (None, ""):
         print(f"val: accuracy {m['val_acc']:.4f}  loss {m['val_loss']:.4f}  (epoch {m['best_epoch']})")
     print(f"saved run to {out}  ({m['train_seconds']:.1f} s training)")
+    if cfg.report:
+        if interp is None:
+            print("report: skipped (no val or labeled test split to show)")
+        else:
+            from graft.evaluation.report import write_report
+
+            t0 = time.perf_counter()
+            path = write_report(learn, interp, out)
+            print(f"report: {path}  ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 
@@ -67,10 +80,14 @@ def _fmt(values: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
 
 
-def _check_out_dir(out: Path, overwrite: bool) -> None:
-    """Fail before training, not after, when the run folder cannot be written or would be clobbered."""
+def _check_no_run(out: Path, overwrite: bool) -> None:
+    """Refuse to clobber a finished run unless asked to."""
     if (out / "graft.json").exists() and not overwrite:
         raise GraftError(f"{out} already holds a run; pass --overwrite or choose another --out")
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before training, not after, when the run folder cannot be written."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".graft-write-test"
@@ -86,7 +103,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     learn = load_learner(args.run, device=args.device)
     if args.batch_size:
         learn.config.batch_size = args.batch_size
-    result = learn.evaluate(args.data, split=args.split)
+    result = learn.evaluate(args.data, split=args.split, tta=args.tta)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
@@ -100,7 +117,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from graft.training.learner import load_learner
 
     learn = load_learner(args.run, device=args.device)
-    paths, probs = learn.predict_probs(args.paths)
+    paths, probs = learn.predict_probs(args.paths, tta=args.tta)
     preds = top_k(probs, paths, learn.classes, args.top_k)
     rows = []
     for pred in preds:
@@ -198,6 +215,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
+    from graft.cli.analysis import add_commands as add_analysis_commands
     from graft.cli.config_args import add_config_arguments
 
     parser = argparse.ArgumentParser(
@@ -216,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="folder of class folders, or a dataset root (with --split)")
     p.add_argument("--split", choices=("test", "val", "train"), help="which split of a dataset root")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--tta", action="store_true", help="average test-time augmentation views (4 per image)")
     p.add_argument("--batch-size", type=int, default=None, help="images per batch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_evaluate)
@@ -233,8 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="probs: one probability column per class; label: id,label (default: probs)",
     )
     p.add_argument("--print", action="store_true", help="also print predictions when writing files")
+    p.add_argument("--tta", action="store_true", help="average test-time augmentation views (4 per image)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_predict)
+
+    add_analysis_commands(sub)
 
     p = sub.add_parser("models", help="list architectures and whether their weights are available offline")
     p.add_argument(

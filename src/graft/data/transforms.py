@@ -124,6 +124,31 @@ def eval_transform(pre: Preprocessing) -> T.Compose:
     return T.Compose([ResizeCenterCrop(pre), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
 
 
+class CornerCrop:
+    """Crop a ``size`` square from the top-left (``first``) or the bottom-right corner."""
+
+    def __init__(self, size: int, first: bool) -> None:
+        self.size, self.first = size, first
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        w, h = image.size
+        left, top = (0, 0) if self.first else (max(w - self.size, 0), max(h - self.size, 0))
+        return image.crop((left, top, left + self.size, top + self.size))
+
+
+def corner_transform(pre: Preprocessing, first: bool) -> T.Compose:
+    """:func:`eval_transform` with a corner crop (top-left or bottom-right) instead of the centre;
+    a test-time augmentation view."""
+    return T.Compose(
+        [
+            T.Resize(pre.resize_size, interpolation=_interp(pre.interpolation)),
+            CornerCrop(pre.input_size, first),
+            T.ToTensor(),
+            T.Normalize(pre.mean, pre.std),
+        ]
+    )
+
+
 def train_transform(pre: Preprocessing, aug: Augmentation) -> T.Compose:
     """Random resized crop, flip, small rotation and colour jitter, then normalise."""
     if not aug.enabled:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,14 +12,21 @@ from torch import nn
 
 from graft.data.dataset import Sample
 from graft.data.loaders import inference_workers, make_loader
-from graft.data.transforms import Preprocessing, eval_transform
-from graft.evaluation.metrics import EvalResult
+from graft.data.transforms import Preprocessing
 from graft.models import ModelSpec
 from graft.models.fuse import inference_model
 from graft.training.cache import FeatureCache, default_cache_root
-from graft.training.features import body_key, eval_view, extract_features, feature_head, head_logits
-from graft.training.loop import infer, warn_failed
-from graft.training.runtime import inference_batch_size
+from graft.training.features import (
+    View,
+    body_key,
+    eval_view,
+    extract_features,
+    feature_head,
+    head_logits,
+    tta_views,
+)
+from graft.training.loop import infer, split_outputs, warn_failed
+from graft.training.runtime import channels_last, inference_batch_size
 
 
 @dataclass
@@ -53,13 +60,16 @@ def predict_probs(
     workers: int | None = None,
     use_cache: bool = False,
     fast: nn.Module | None = None,
+    tta: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities for the decodable samples.
 
     Runs a BatchNorm-folded, channels_last copy of the model. With ``use_cache``, the body's
     features come from (and go to) the feature cache, so evaluating a run whose body was never
     unfrozen re-reads the vectors its training computed. ``fast`` is an inference copy from
-    :func:`~graft.models.fuse.inference_model` to reuse (built here when None).
+    :func:`~graft.models.fuse.inference_model` to reuse (built here when None). With ``tta``,
+    each image's probabilities are the mean over the views of
+    :func:`~graft.training.features.tta_views` (each image is still decoded once).
 
     Returns:
         ``(probs, kept)``: an (n × C) float64 array and the indices into ``samples`` of its rows,
@@ -67,6 +77,7 @@ def predict_probs(
     """
     batch_size = batch_size or inference_batch_size(device, 32)
     workers = inference_workers(device) if workers is None else workers
+    views = tta_views(pre) if tta else [eval_view(pre)]
     head = feature_head(model, spec) if use_cache else None
     if head is not None:
         cache = FeatureCache(default_cache_root(), body_key(model, spec, pre, precision))
@@ -74,7 +85,7 @@ def predict_probs(
             model,
             spec,
             pre,
-            [(samples, [eval_view(pre)])],
+            [(samples, views)],
             device,
             cache=cache,
             precision=precision,
@@ -82,20 +93,21 @@ def predict_probs(
             workers=workers,
             desc="predict",
         )
-        logits = head_logits(head, feats.vectors[:, 0], device)
+        n, v, dim = feats.vectors.shape
+        logits = _mean_over_views(head_logits(head, feats.vectors.reshape(n * v, dim), device), v)
         indices, failed = feats.index, feats.failed
     else:
         loader = make_loader(
             samples,
-            eval_transform(pre),
-            batch_size=batch_size,
+            _stacked(views) if tta else views[0].transform,
+            batch_size=max(1, batch_size // len(views)),
             workers=workers,
             min_size=pre.resize_size,
             pin_memory=device.type == "cuda",
         )
         if fast is None:
             fast = inference_model(model, pre.input_size, device)
-        logits, indices, failed = infer(fast, loader, device, precision=precision)
+        logits, indices, failed = infer(_ViewMean(fast) if tta else fast, loader, device, precision=precision)
     warn_failed(failed, [s.path for s in samples])
     if logits.numel() == 0:
         return np.zeros((0, 0)), np.zeros(0, dtype=np.int64)
@@ -104,24 +116,27 @@ def predict_probs(
     return probs, indices[order].numpy()
 
 
-def evaluate_samples(
-    model: nn.Module,
-    spec: ModelSpec,
-    pre: Preprocessing,
-    samples: Sequence[Sample],
-    classes: list[str],
-    device: torch.device,
-    **kwargs,
-) -> EvalResult:
-    """Loss, accuracy, per-class metrics and confusion matrix over labeled samples.
+def _stacked(views: Sequence[View]) -> Callable:
+    return lambda image: torch.stack([v.transform(image) for v in views])
 
-    ``kwargs`` are those of :func:`predict_probs`.
-    """
-    probs, kept = predict_probs(model, spec, pre, samples, device, **kwargs)
-    labels = np.array([samples[i].label for i in kept], dtype=np.int64)
-    if probs.shape[0] == 0:
-        probs = np.zeros((0, len(classes)))
-    return EvalResult.from_predictions(probs, labels, classes, skipped=len(samples) - len(kept))
+
+def _mean_over_views(logits: torch.Tensor, views: int) -> torch.Tensor:
+    """``(n * views, C)`` logits → ``(n, C)`` log mean probability: softmax of the result is the
+    average of the views' probabilities."""
+    probs = torch.softmax(logits.float(), dim=1).reshape(-1, views, logits.shape[1]).mean(1)
+    return probs.clamp_min(1e-30).log()
+
+
+class _ViewMean(nn.Module):
+    """Runs a model on ``(batch, views, C, H, W)`` and averages the views' probabilities."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits, _ = split_outputs(self.model(channels_last(x.flatten(0, 1))))
+        return _mean_over_views(logits, x.shape[1])
 
 
 def top_k(probs: np.ndarray, paths: Sequence[Path], classes: list[str], k: int) -> list[Prediction]:

@@ -24,7 +24,13 @@ from tqdm import tqdm
 from graft.data.dataset import Sample
 from graft.data.images import load_image
 from graft.data.loaders import inference_workers
-from graft.data.transforms import Augmentation, Preprocessing, eval_transform, train_transform
+from graft.data.transforms import (
+    Augmentation,
+    Preprocessing,
+    corner_transform,
+    eval_transform,
+    train_transform,
+)
 from graft.models import ModelSpec
 from graft.models.fuse import inference_model
 from graft.training.cache import FeatureCache, file_hash, tensor_hash
@@ -54,6 +60,26 @@ class View:
 def eval_view(pre: Preprocessing) -> View:
     """Resize and centre-crop: what validation, evaluation and prediction see."""
     return View("eval", eval_transform(pre))
+
+
+def _flipped(transform: Callable) -> Callable:
+    return lambda image: torch.flip(transform(image), dims=[-1])
+
+
+def tta_views(pre: Preprocessing) -> list[View]:
+    """Test-time augmentation: the eval view, its mirror image, and the two end crops.
+
+    The end crops come from the same resize as the eval view, at the top-left and bottom-right
+    corners, so on a landscape photo they look at its left and right parts. All are deterministic:
+    a prediction with TTA is the same in every run.
+    """
+    center = eval_transform(pre)
+    return [
+        View("eval", center),
+        View("tta-flip", _flipped(center)),
+        View("tta-tl", corner_transform(pre, first=True)),
+        View("tta-br", corner_transform(pre, first=False)),
+    ]
 
 
 def augmented_views(pre: Preprocessing, aug: Augmentation, count: int, seed: int) -> list[View]:

@@ -13,24 +13,27 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from graft.config import TrainConfig
+from graft.config import DEFAULT_LR, TrainConfig
 from graft.data.dataset import ImageData, Sample, load_class_folder
 from graft.data.images import is_image_file, list_images
 from graft.data.transforms import Preprocessing
 from graft.errors import GraftError
-from graft.evaluation.inference import Prediction, evaluate_samples, predict_probs, top_k
+from graft.evaluation.inference import Prediction, predict_probs, top_k
+from graft.evaluation.interpret import Interpretation
 from graft.evaluation.metrics import EvalResult
-from graft.export.bundle import load_bundle, save_bundle
+from graft.export.bundle import load_bundle, read_history, save_bundle
 from graft.models import ModelSpec, build_model, create_model
 from graft.models.fuse import inference_model
 from graft.training.features import feature_head
 from graft.training.fit import fit
+from graft.training.lr_find import LRFind, lr_find
 from graft.training.runtime import resolve_precision, seed_everything, select_device
 
 
@@ -98,6 +101,7 @@ class Learner:
         data: ImageData | None,
         split: dict | None,
         metrics: dict | None = None,
+        history: list[dict] | None = None,
     ) -> None:
         """Set every attribute of a learner: the one place both construction paths go through."""
         self.data = data
@@ -108,10 +112,11 @@ class Learner:
         self.device = select_device(device)
         # channels_last: oneDNN and cuDNN convolutions run faster on it (1.6× measured, CPU).
         self.model = model.to(self.device, memory_format=torch.channels_last)
-        self.history: list[dict] = []
+        self.history: list[dict] = list(history or [])
         self.metrics: dict = dict(metrics or {})
         self.split = split
         self._fast: tuple[tuple, torch.nn.Module] | None = None
+        self.lr_finder: LRFind | None = None
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Learner:
@@ -155,13 +160,24 @@ class Learner:
         if cfg.mode == "scratch" and self.config.pretrained:
             raise GraftError("mode 'scratch' needs a learner built with pretrained=False")
         start = time.perf_counter()
+        found = None
+        if cfg.lr == "auto":
+            found = self.lr_find(cfg, log=log)
+            cfg.lr = found.suggestion or DEFAULT_LR[cfg.optimizer]
+            if found.suggestion is None:
+                warnings.warn(f"lr-find could not suggest a rate; using the default {cfg.lr:g}", stacklevel=2)
+            else:
+                log(f"lr-find: suggested lr {cfg.lr:.2e} ({found.phase} phase, {found.seconds:.1f} s)")
         result = fit(self.model, self.spec, self.preprocessing, self.data, cfg, self.device, log=log)
         self.config = cfg
         self.history = result.history
+        self.lr_finder = found
         self.metrics = {
             "best_epoch": result.best_epoch,
             "train_seconds": round(time.perf_counter() - start, 2),
         }
+        if found is not None:
+            self.metrics["lr_found"] = cfg.lr
         if result.stopped:
             self.metrics["stopped"] = result.stopped
         if result.skipped:
@@ -171,7 +187,45 @@ class Learner:
             self.metrics.update(val_loss=kept["val_loss"], val_acc=kept["val_acc"])
         return self.history
 
-    def evaluate(self, data: str | Path | ImageData | None = None, split: str | None = None) -> EvalResult:
+    def lr_find(
+        self,
+        config: TrainConfig | None = None,
+        *,
+        start_lr: float = 1e-7,
+        end_lr: float = 10.0,
+        num_it: int = 100,
+        log: Callable[[str], None] = print,
+        **overrides,
+    ) -> LRFind:
+        """The learning-rate range test on this learner's data; the weights are left unchanged.
+
+        Tests what the first phase of the config trains: the head on the frozen body for
+        ``finetune`` and ``features`` (seconds, on cached features), the whole network for
+        ``full`` and ``scratch``. ``result.suggestion`` is a peak learning rate for ``fit(lr=…)``;
+        ``result.plot()`` draws the curve.
+        """
+        if self.data is None:
+            raise GraftError("this learner has no data to run lr-find on")
+        cfg = dataclasses.replace(config or self.config, **overrides)
+        if cfg.lr == "auto":
+            cfg.lr = None
+        cfg = cfg.resolved(cached=feature_head(self.model, self.spec) is not None)
+        return lr_find(
+            self.model,
+            self.spec,
+            self.preprocessing,
+            self.data,
+            cfg,
+            self.device,
+            start_lr=start_lr,
+            end_lr=end_lr,
+            num_it=num_it,
+            log=log,
+        )
+
+    def evaluate(
+        self, data: str | Path | ImageData | None = None, split: str | None = None, *, tta: bool = False
+    ) -> EvalResult:
         """Evaluate on labeled images the model did not train on.
 
         Args:
@@ -179,29 +233,53 @@ class Learner:
                 folders; or a dataset root (with ``split``, or the test split if any, else val).
                 For datasets split by fractions, the split saved at training time is reused.
             split: ``"test"`` or ``"val"`` (or ``"train"``).
+            tta: Average the predictions of test-time augmentation views.
         """
-        samples = self._eval_samples(data, split)
-        return evaluate_samples(
+        return self.interpret(data, split, tta=tta).result
+
+    def interpret(
+        self, data: str | Path | ImageData | None = None, split: str | None = None, *, tta: bool = False
+    ) -> Interpretation:
+        """Predictions on labeled images, with confusion, top losses and plots (see :meth:`evaluate`
+        for the arguments)."""
+        samples, source = self._eval_samples(data, split)
+        probs, kept = predict_probs(
             self.model,
             self.spec,
             self.preprocessing,
             samples,
-            self.classes,
             self.device,
             precision=self.precision,
             workers=self.config.workers,
             use_cache=self.config.cache_features,
+            tta=tta,
+        )
+        if probs.shape[0] == 0:
+            probs = np.zeros((0, len(self.classes)))
+        return Interpretation(
+            classes=list(self.classes),
+            paths=[samples[i].path for i in kept],
+            labels=np.array([samples[i].label for i in kept], dtype=np.int64),
+            probs=probs,
+            preprocessing=self.preprocessing,
+            source=source,
+            skipped=len(samples) - len(kept),
+            tta=tta,
         )
 
-    def predict(self, paths: str | Path | Sequence[str | Path], k: int = 1) -> list[Prediction]:
+    def predict(
+        self, paths: str | Path | Sequence[str | Path], k: int = 1, *, tta: bool = False
+    ) -> list[Prediction]:
         """Top-``k`` predictions for image files and/or folders (searched recursively).
 
-        Undecodable files are warned about and left out.
+        Undecodable files are warned about and left out. ``tta`` averages test-time augmentation views.
         """
-        kept, probs = self.predict_probs(paths)
+        kept, probs = self.predict_probs(paths, tta=tta)
         return top_k(probs, kept, self.classes, k)
 
-    def predict_probs(self, paths: str | Path | Sequence[str | Path]) -> tuple[list[Path], np.ndarray]:
+    def predict_probs(
+        self, paths: str | Path | Sequence[str | Path], *, tta: bool = False
+    ) -> tuple[list[Path], np.ndarray]:
         """Full class probabilities (columns in ``self.classes`` order) for the decodable images.
 
         Returns:
@@ -217,6 +295,7 @@ class Learner:
             precision=self.precision,
             workers=self.config.workers,
             fast=self._inference_model(),
+            tta=tta,
         )
         return [samples[i].path for i in kept], probs
 
@@ -248,35 +327,37 @@ class Learner:
         }
         return save_bundle(run_dir, self.model.state_dict(), meta, self.history)
 
-    def _eval_samples(self, data: str | Path | ImageData | None, split: str | None) -> list[Sample]:
+    def _eval_samples(
+        self, data: str | Path | ImageData | None, split: str | None
+    ) -> tuple[list[Sample], str]:
+        """The labeled samples to evaluate on, and a description of them (``root (split)``)."""
         if isinstance(data, ImageData) or data is None:
             source = data if data is not None else self.data
             if source is None:
                 raise GraftError("no data given to evaluate on")
-            return self._pick_split(source.splits, split, source.classes)
+            name = split or ("test" if source.splits.get("test") else "val")
+            return self._pick_split(source.splits, name, source.classes), f"{source.root} ({name})"
         root = Path(data)
         if not root.is_dir():
             raise GraftError(f"evaluation data not found: {root}")
         own_root = bool(self.split) and Path(self.split["root"]).resolve() == root.resolve()
         if split is None and not own_root and not _looks_like_dataset_root(root):
             samples, _ = load_class_folder(root, self.classes)
-            return samples
+            return samples, str(root)
         record = self.split
         if record and (record.get("layout") != "folders" or not _split_folder(root, split)):
             # The saved file list: exactly the images this run held out (and only those need to exist).
             name = split or ("test" if record["splits"].get("test") else "val")
             only = {**record, "splits": {name: record["splits"].get(name, [])}}
-            return self._pick_split(ImageData.from_record(root, only).splits, name, record["classes"])
+            samples = self._pick_split(ImageData.from_record(root, only).splits, name, record["classes"])
+            return samples, f"{root} ({name})"
         folder = _split_folder(root, split or ("test" if _split_folder(root, "test") else "val"))
         if folder is None:
             raise GraftError(f"{root} has no {split or 'test or val'} folder")
         samples, _ = load_class_folder(folder, self.classes)
-        return samples
+        return samples, str(folder)
 
-    def _pick_split(
-        self, splits: dict[str, list[Sample]], split: str | None, classes: list[str]
-    ) -> list[Sample]:
-        name = split or ("test" if splits.get("test") else "val")
+    def _pick_split(self, splits: dict[str, list[Sample]], name: str, classes: list[str]) -> list[Sample]:
         samples = splits.get(name)
         if not samples:
             raise GraftError(
@@ -350,5 +431,6 @@ def load_learner(run_dir: str | Path, device: str = "auto") -> Learner:
         data=None,
         split=meta.get("split"),
         metrics=meta.get("metrics"),
+        history=read_history(run_dir),
     )
     return learn

@@ -1,0 +1,116 @@
+"""``graft report``, ``graft lr-find`` and ``graft compare``: looking at what a model learned."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from graft.errors import GraftError
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from graft.evaluation.report import write_report
+    from graft.training.learner import load_learner
+
+    learn = load_learner(args.run, device=args.device)
+    data = args.data or learn.config.data
+    if not data:
+        raise GraftError(f"{args.run} does not record its data folder; pass DATA")
+    t0 = time.perf_counter()
+    interp = learn.interpret(data, args.split, tta=args.tta)
+    path = write_report(learn, interp, args.out or args.run, top_losses=args.top_losses, samples=args.samples)
+    result = interp.result
+    print(
+        f"evaluated {interp.source}: accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  "
+        f"({result.n} images)"
+    )
+    print(f"wrote {path} and its PNGs ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _default_out(data: str, what: str) -> str:
+    return f"runs/{Path(data).resolve().name}-{what}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from graft.cli.config_args import config_from_args
+    from graft.evaluation.plots import save_png
+    from graft.fileio import atomic_write_text
+    from graft.training.learner import Learner
+
+    cfg = config_from_args(args)
+    if cfg.lr == "auto":
+        cfg.lr = None
+    cfg = cfg.resolved()
+    out = Path(cfg.out or _default_out(cfg.data, "lr-find"))
+    learn = Learner.from_config(cfg)
+    found = learn.lr_find(cfg, start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.num_it)
+    save_png(found.plot(), out / "lr_find.png")
+    atomic_write_text(out / "lr_find.csv", found.to_csv())
+    print(
+        f"lr-find: {len(found.lrs)} steps over the {found.phase} phase "
+        f"({'stopped: loss diverged' if found.stopped == 'diverged' else 'full range'}), "
+        f"{found.seconds:.1f} s"
+    )
+    if found.suggestion is None:
+        raise GraftError("too few steps to suggest a rate: raise --num-it or use more training images")
+    print(f"suggested lr: {found.suggestion:.2e}  (graft train {cfg.data} --lr {found.suggestion:.2g})")
+    print(f"wrote {out / 'lr_find.png'} and {out / 'lr_find.csv'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from graft.cli.config_args import config_from_args
+    from graft.training.compare import compare
+
+    cfg = config_from_args(args)
+    out = Path(cfg.out or _default_out(cfg.data, "compare"))
+    result = compare(cfg, pretrained_mode=args.pretrained_mode, out=out)
+    print()
+    print("validation accuracy per epoch")
+    print(result.table())
+    (pre, _), (scratch, _) = result.best("pretrained"), result.best("scratch")
+    print(f"best val accuracy: pretrained {pre:.4f}, scratch {scratch:.4f} (difference {pre - scratch:+.4f})")
+    print(f"wrote {out / 'compare.png'}, compare.csv, compare.json and the runs pretrained/ and scratch/")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register report, lr-find and compare on the ``graft`` parser."""
+    from graft.cli.config_args import add_config_arguments
+
+    p = sub.add_parser("report", help="write report.html: curves, confusion matrix, top losses, predictions")
+    p.add_argument("run", help="run folder written by graft train")
+    p.add_argument("data", nargs="?", help="labeled data to evaluate (default: the run's own data)")
+    p.add_argument(
+        "--split", choices=("test", "val", "train"), help="which split (default: test if any, else val)"
+    )
+    p.add_argument("--tta", action="store_true", help="average test-time augmentation views")
+    p.add_argument("--out", help="folder for report.html and the PNGs (default: the run folder)")
+    p.add_argument("--top-losses", type=int, default=9, help="images in the top-losses grid (default: 9)")
+    p.add_argument(
+        "--samples", type=int, default=12, help="images in the sample-predictions grid (default: 12)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("lr-find", help="learning-rate range test: plot and suggested --lr")
+    add_config_arguments(p, exclude={"epochs", "patience", "monitor", "report", "unfreeze_below", "compile"})
+    p.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default: 1e-7)")
+    p.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default: 10)")
+    p.add_argument("--num-it", type=int, default=100, help="steps at most (default: 100)")
+    p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser("compare", help="train pretrained and from scratch with the same budget; plot both")
+    add_config_arguments(
+        p, exclude={"mode", "pretrained", "freeze_epochs", "unfreeze_below"}, defaults={"epochs": 5}
+    )
+    p.add_argument(
+        "--pretrained-mode",
+        choices=("full", "finetune", "features"),
+        default="full",
+        help="full: every weight trains, as from scratch; finetune: the same with discriminative rates; "
+        "features: only the head trains (default: full)",
+    )
+    p.set_defaults(func=cmd_compare)

@@ -1,0 +1,170 @@
+"""Figures of a run: training curves, confusion matrix, image grids, lr-find and compare plots.
+
+Built on matplotlib's object API (``Figure`` without pyplot), so no GUI backend, global state or
+display is involved: these work in threads, servers and headless CI alike.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
+
+from graft.fileio import atomic_write
+
+PHASE_COLORS = {"frozen": "#dbe9f6", "unfrozen": "#fde8d0", "full": "#e3f1dc"}
+
+
+def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
+    """The figure encoded as PNG."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def save_png(fig: Figure, path: str | Path, dpi: int = 100) -> bytes:
+    """Write the figure to ``path`` atomically as PNG; returns the bytes written."""
+    data = png_bytes(fig, dpi)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    return data
+
+
+def _value(x: object) -> float:
+    """A history cell as a float: rows read back from history.csv hold strings, '' when missing."""
+    return float(x) if x not in ("", None) else math.nan
+
+
+def plot_history(history: Sequence[dict]) -> Figure:
+    """Loss and accuracy per epoch for train and val, with each phase's epochs shaded and named."""
+    fig = Figure(figsize=(10, 3.8))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    epochs = [int(r["epoch"]) for r in history]
+    for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
+        for split, style in (("train", "o-"), ("val", "s-")):
+            values = [_value(r[f"{split}_{key}"]) for r in history]
+            if not all(math.isnan(v) for v in values):
+                ax.plot(epochs, values, style, label=split, markersize=4)
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        _shade_phases(ax, history)
+        ax.legend(loc="best", fontsize=8)
+        if epochs:
+            ax.set_xticks(epochs if len(epochs) <= 20 else epochs[:: math.ceil(len(epochs) / 20)])
+    fig.tight_layout()
+    return fig
+
+
+def _shade_phases(ax, history: Sequence[dict]) -> None:
+    start = 0
+    while start < len(history):
+        phase = history[start]["phase"]
+        end = start
+        while end + 1 < len(history) and history[end + 1]["phase"] == phase:
+            end += 1
+        lo, hi = int(history[start]["epoch"]) - 0.5, int(history[end]["epoch"]) + 0.5
+        ax.axvspan(lo, hi, color=PHASE_COLORS.get(phase, "#eeeeee"), alpha=0.8, zorder=0)
+        ax.text(
+            (lo + hi) / 2,
+            0.02,
+            phase,
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color="#555555",
+        )
+        start = end + 1
+
+
+def plot_confusion(cm: np.ndarray, classes: Sequence[str], normalize: bool = False) -> Figure:
+    """Confusion matrix heatmap (rows: true class). ``normalize`` divides each row by its total."""
+    n = len(classes)
+    values = cm.astype(float)
+    if normalize:
+        totals = values.sum(1, keepdims=True)
+        values = np.divide(values, totals, out=np.zeros_like(values), where=totals > 0)
+    side = min(max(4.0, 0.45 * n + 2), 30.0)
+    fig = Figure(figsize=(side + 1, side))
+    ax = fig.subplots()
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else max(values.max(), 1))
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ticks = np.arange(n)
+    font = 9 if n <= 20 else max(3, int(180 / n))
+    ax.set_xticks(ticks, labels=classes, rotation=90 if n > 6 else 0, fontsize=font)
+    ax.set_yticks(ticks, labels=classes, fontsize=font)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix" + (" (row-normalised)" if normalize else " (counts)"))
+    if n <= 30:  # numbers in the cells stay legible up to about this many classes
+        threshold = (1 if normalize else values.max()) / 2
+        for i in range(n):
+            for j in range(n):
+                text = f"{values[i, j]:.2f}" if normalize else f"{int(cm[i, j])}"
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=font,
+                    color="white" if values[i, j] > threshold else "black",
+                )
+    fig.tight_layout()
+    return fig
+
+
+def plot_image_grid(items: Sequence[tuple[Image.Image, str, str]], cols: int = 4) -> Figure:
+    """A grid of images, each with a caption and a caption colour (e.g. green right, red wrong)."""
+    cols = max(1, min(cols, len(items)))
+    rows = max(1, math.ceil(len(items) / cols))
+    fig = Figure(figsize=(3.0 * cols, 3.4 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, (image, caption, color) in zip(axes, items, strict=False):
+        ax.imshow(image)
+        ax.set_title(caption, fontsize=8, color=color)
+    fig.tight_layout()
+    return fig
+
+
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestion: float | None) -> Figure:
+    """Smoothed loss against learning rate (log scale), with the suggested rate marked."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.plot(lrs, losses)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss (smoothed)")
+    ax.grid(alpha=0.3)
+    if suggestion is not None and len(lrs):
+        y = float(np.interp(math.log10(suggestion), np.log10(lrs), losses))
+        ax.plot([suggestion], [y], "o", color="tab:red", label=f"suggested {suggestion:.2e}")
+        ax.legend(loc="best")
+    ax.set_title("learning-rate range test")
+    fig.tight_layout()
+    return fig
+
+
+def plot_compare(curves: dict[str, Sequence[float]], title: str) -> Figure:
+    """Validation accuracy per epoch, one line per named run (e.g. pretrained and scratch)."""
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
+    for name, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, "o-", label=name)
+    longest = max((len(v) for v in curves.values()), default=0)
+    ax.set_xticks(range(1, longest + 1))
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
