@@ -8,7 +8,13 @@ import sys
 import pytest
 
 from graft.cli.main import main
+from graft.evaluation.report import SECTIONS
 from tests.conftest import make_image_folder
+from tests.evaluation.test_report import confusion_from_html, parse_report
+
+BUNDLE = ["graft.json", "history.csv", "model.safetensors"]
+REPORT = ["report.html", "curves.png", "confusion.png", "confusion_normalized.png", "top_losses.png",
+          "predictions.png"]  # fmt: skip
 
 FAST = ["--input-size", "64", "--freeze-epochs", "5", "--epochs", "1", "--batch-size", "6", "--lr", "0.02",
         "--no-augment", "--workers", "0"]  # fmt: skip
@@ -55,7 +61,83 @@ def test_train_writes_a_complete_run(run, capsys):
     with open(run / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["phase"] for r in rows] == ["frozen"] * 5 + ["unfrozen"]
-    assert sorted(p.name for p in run.iterdir()) == ["graft.json", "history.csv", "model.safetensors"]
+    assert sorted(p.name for p in run.iterdir()) == sorted([*BUNDLE, *REPORT])
+
+
+def test_the_training_report_shows_the_test_split_as_evaluate_does(run, dataset, capsys):
+    report = parse_report(run / "report.html")
+    assert report.sections == list(SECTIONS)
+    assert main(["evaluate", str(run), str(dataset / "data"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert confusion_from_html(report).tolist() == result["confusion"]
+    assert confusion_from_html(report).sum() == 9  # the test split
+
+
+def test_report_command_on_the_val_split(run, dataset, tmp_path, capsys):
+    out = tmp_path / "val-report"
+    assert main(["report", str(run), "--split", "val", "--out", str(out), "--top-losses", "4"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == sorted(REPORT)
+    report = parse_report(out / "report.html")
+    assert main(["evaluate", str(run), str(dataset / "data"), "--split", "val", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert confusion_from_html(report).tolist() == result["confusion"]
+    assert len(report.tables["top-losses-table"]) == 1 + 4
+
+
+def test_no_report_writes_only_the_bundle(dataset, tmp_path):
+    out = tmp_path / "bare"
+    assert main(["train", str(dataset / "data"), "--out", str(out), "--no-report", *FAST]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(BUNDLE)
+
+
+def test_tta_on_evaluate_and_predict(run, dataset, capsys):
+    assert main(["evaluate", str(run), str(dataset / "data"), "--tta", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 9 and result["accuracy"] == 1.0
+    assert main(["predict", str(run), str(dataset / "new"), "--tta", "--top-k", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and all("\tred " in line or "\tblue " in line for line in lines)
+
+
+def test_lr_find_command_and_auto_lr(dataset, tmp_path, capsys):
+    small = ["--input-size", "32", "--batch-size", "6", "--no-augment", "--workers", "0"]
+    out = tmp_path / "lrf"
+    assert main(["lr-find", str(dataset / "data"), "--out", str(out), "--num-it", "40", *small]) == 0
+    printed = capsys.readouterr().out
+    assert "suggested lr:" in printed
+    assert (out / "lr_find.png").stat().st_size > 0
+    rows = (out / "lr_find.csv").read_text().splitlines()
+    assert rows[0] == "lr,loss" and 6 <= len(rows) - 1 <= 40
+
+    run = tmp_path / "auto"
+    argv = ["train", str(dataset / "data"), "--out", str(run), "--lr", "auto", "--mode", "features", *small]
+    assert main(argv) == 0
+    meta = json.loads((run / "graft.json").read_text())
+    assert isinstance(meta["config"]["lr"], float) and meta["config"]["lr"] == meta["metrics"]["lr_found"]
+    assert {"lr_find.png", "lr_find.csv"} <= {p.name for p in run.iterdir()}
+    assert "lr-find" in parse_report(run / "report.html").sections
+
+
+def test_compare_trains_both_and_plots(dataset, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    argv = ["compare", str(dataset / "data"), "--out", str(out), "--epochs", "2", "--input-size", "32",
+            "--batch-size", "8", "--no-augment", "--workers", "0", "--no-report"]  # fmt: skip
+    assert main(argv) == 0
+    assert "validation accuracy per epoch" in capsys.readouterr().out
+    summary = json.loads((out / "compare.json").read_text())
+    assert set(summary["runs"]) == {"pretrained", "scratch"}
+    assert all(len(r["val_acc"]) == 2 for r in summary["runs"].values())
+    assert (out / "compare.png").stat().st_size > 0
+    assert (out / "compare.csv").read_text().splitlines()[0] == (
+        "epoch,pretrained_val_acc,pretrained_val_loss,scratch_val_acc,scratch_val_loss"
+    )
+    pretrained = json.loads((out / "pretrained" / "graft.json").read_text())["config"]
+    scratch = json.loads((out / "scratch" / "graft.json").read_text())["config"]
+    assert (pretrained["pretrained"], scratch["pretrained"]) == (True, False)
+    assert (pretrained["mode"], scratch["mode"]) == ("finetune", "scratch")
+    same = ("epochs", "lr", "optimizer", "schedule", "batch_size", "seed", "input_size")
+    assert all(pretrained[k] == scratch[k] for k in same)
 
 
 def test_evaluate_json_reuses_the_saved_test_split(run, dataset, capsys):
@@ -126,16 +208,23 @@ def test_models_lists_bundled_weights(capsys):
         (["train", "{data}", "--valid-split", "1.5"], "split"),
         (["evaluate", "{tmp}/empty", "{data}"], "not a graft run"),
         (["predict", "{tmp}/missing", "x.jpg"], "not found"),
+        (["report", "{tmp}/missing"], "not found"),
+        (["report", "{tmp}/empty"], "not a graft run"),
+        (["lr-find", "{tmp}/one"], "one class"),
+        (["lr-find", "{data}", "--start-lr", "1", "--end-lr", "0.1"], "start lr < end lr"),
+        (["compare", "{tmp}/missing"], "does not exist"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(args, message, dataset, tmp_path, capsys):
+def test_bad_input_is_one_line_and_exit_2(args, message, dataset, tmp_path, capsys, monkeypatch):
     (tmp_path / "empty").mkdir()
     make_image_folder(tmp_path / "one", {"only": 3})
+    monkeypatch.chdir(tmp_path)
     argv = [a.format(tmp=tmp_path, data=dataset / "data") for a in args]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("graft: error:") and message in err
     assert len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # a failed train leaves no empty run folder behind
 
 
 def test_the_installed_command_exits_2_without_traceback(tmp_path):

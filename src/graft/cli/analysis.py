@@ -108,9 +108,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--pretrained-mode",
-        choices=("full", "finetune", "features"),
-        default="full",
-        help="full: every weight trains, as from scratch; finetune: the same with discriminative rates; "
-        "features: only the head trains (default: full)",
+        choices=("finetune", "full", "features"),
+        default="finetune",
+        help="finetune: every weight trains, the body at lower (discriminative) rates; full: every "
+        "weight at --lr, exactly as from scratch; features: only the head trains (default: finetune)",
     )
     p.set_defaults(func=cmd_compare)

@@ -1,0 +1,100 @@
+"""Interpretation: per-image losses, confusions, top losses and image grids from known probabilities."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from graft.data.transforms import Preprocessing
+from graft.evaluation.interpret import Interpretation
+from graft.evaluation.plots import png_bytes
+from tests.conftest import make_image_folder
+
+CLASSES = ["ant", "bee", "wasp"]
+# Rows: true ant, ant, bee, bee, wasp, wasp, wasp.
+LABELS = np.array([0, 0, 1, 1, 2, 2, 2])
+PROBS = np.array(
+    [
+        [0.90, 0.05, 0.05],  # right
+        [0.20, 0.70, 0.10],  # ant -> bee
+        [0.10, 0.80, 0.10],  # right
+        [0.60, 0.30, 0.10],  # bee -> ant
+        [0.05, 0.15, 0.80],  # right
+        [0.10, 0.85, 0.05],  # wasp -> bee, the worst
+        [0.30, 0.50, 0.20],  # wasp -> bee
+    ]
+)
+
+
+@pytest.fixture
+def interp(tmp_path):
+    root = make_image_folder(tmp_path, {"ant": 2, "bee": 2, "wasp": 3}, size=(48, 36))
+    paths = sorted(root.rglob("*.png"))
+    return Interpretation(CLASSES, paths, LABELS, PROBS, Preprocessing(input_size=32), source="test")
+
+
+def test_losses_are_minus_log_of_the_true_class(interp):
+    expected = -np.log(PROBS[np.arange(7), LABELS])
+    np.testing.assert_allclose(interp.losses, expected)
+    assert interp.result.loss == pytest.approx(expected.mean())
+    assert interp.result.accuracy == pytest.approx(3 / 7)
+
+
+def test_confusion_counts_and_row_normalised(interp):
+    cm = interp.confusion()
+    assert cm.tolist() == [[1, 1, 0], [1, 1, 0], [0, 2, 1]]
+    norm = interp.confusion(normalize=True)
+    np.testing.assert_allclose(norm.sum(1), 1.0)
+    assert norm[2, 1] == pytest.approx(2 / 3)
+
+
+def test_most_confused_pairs_sorted_by_count(interp):
+    assert interp.most_confused() == [("wasp", "bee", 2), ("ant", "bee", 1), ("bee", "ant", 1)]
+    assert interp.most_confused(min_count=2) == [("wasp", "bee", 2)]
+    assert interp.most_confused(k=1) == [("wasp", "bee", 2)]
+
+
+def test_top_losses_highest_first_with_predicted_probability(interp):
+    rows = interp.top_losses(3)
+    assert [r["path"] for r in rows] == [interp.paths[5], interp.paths[1], interp.paths[6]]
+    first = rows[0]
+    assert (first["true"], first["pred"]) == ("wasp", "bee")
+    assert first["prob"] == pytest.approx(0.85) and first["true_prob"] == pytest.approx(0.05)
+    assert first["loss"] == pytest.approx(-np.log(0.05))
+    assert [r["loss"] for r in rows] == sorted((r["loss"] for r in rows), reverse=True)
+
+
+def test_sample_is_seeded_and_in_evaluation_order(interp):
+    a, b = interp.sample(4, seed=3), interp.sample(4, seed=3)
+    assert [r["path"] for r in a] == [r["path"] for r in b]
+    order = [interp.paths.index(r["path"]) for r in a]
+    assert order == sorted(order) and len(set(order)) == 4
+    assert len(interp.sample(50)) == 7
+
+
+def _decoded(fig) -> Image.Image:
+    image = Image.open(io.BytesIO(png_bytes(fig)))
+    image.load()
+    return image
+
+
+def test_plots_render_to_png(interp):
+    for fig in (interp.plot_confusion(), interp.plot_confusion(normalize=True)):
+        image = _decoded(fig)
+        assert min(image.size) > 200
+        assert len(set(image.convert("L").getdata())) > 10  # a drawing, not a blank canvas
+    grid = _decoded(interp.plot_top_losses(4, cols=2))
+    # 2 x 2 images captioned; taller than wide once the captions are in.
+    assert grid.size[0] > 300 and grid.size[1] > 300
+
+
+def test_grid_images_are_the_crop_the_model_saw(interp):
+    crop = interp._image(interp.paths[0])
+    assert crop.size == (32, 32) and crop.mode == "RGB"
+
+
+def test_empty_interpretation_has_nan_metrics():
+    empty = Interpretation(CLASSES, [], np.zeros(0, dtype=np.int64), np.zeros((0, 3)), Preprocessing())
+    assert empty.result.n == 0 and np.isnan(empty.result.accuracy)
+    assert empty.top_losses() == [] and empty.most_confused() == []

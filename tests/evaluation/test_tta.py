@@ -1,0 +1,76 @@
+"""Test-time augmentation: the views, and predictions that average them on both inference paths."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from graft.data.dataset import Sample
+from graft.data.images import load_image
+from graft.data.transforms import eval_transform
+from graft.evaluation.inference import predict_probs
+from graft.models import create_model
+from graft.training.features import tta_views
+from tests.conftest import make_image_folder
+
+
+@pytest.fixture(scope="module")
+def model_and_samples(tmp_path_factory):
+    torch.manual_seed(0)
+    model, spec, pre = create_model("tf_efficientnet_lite0", 3, pretrained=False)
+    pre = dataclasses.replace(pre, input_size=40)
+    model.eval()
+    root = make_image_folder(tmp_path_factory.mktemp("tta"), {"a": 3, "b": 2, "c": 2}, size=(64, 44))
+    samples = [Sample(p, None) for p in sorted(root.rglob("*.png"))]
+    return model, spec, pre, samples
+
+
+def test_views_centre_mirror_and_corners(model_and_samples):
+    _, _, pre, samples = model_and_samples
+    views = tta_views(pre)
+    assert [v.key for v in views] == ["eval", "tta-flip", "tta-tl", "tta-br"]
+    assert all(v.seed is None for v in views)  # deterministic: no random crops
+    image = load_image(samples[0].path)
+    center, flip, tl, br = (v.transform(image) for v in views)
+    assert torch.equal(center, eval_transform(pre)(image))
+    assert torch.equal(flip, torch.flip(center, dims=[-1]))
+    assert center.shape == tl.shape == br.shape == (3, 40, 40)
+    # A landscape image: the two end crops see its left and right ends, which differ from the centre.
+    assert not torch.equal(tl, center) and not torch.equal(br, center) and not torch.equal(tl, br)
+
+
+def test_corner_crops_take_the_ends_of_the_resized_image(model_and_samples):
+    _, _, pre, _ = model_and_samples
+    # Left half black, right half white: the top-left crop is darker than the bottom-right one.
+    arr = np.zeros((46, 92, 3), dtype=np.uint8)
+    arr[:, 46:] = 255
+    image = Image.fromarray(arr)
+    _, _, tl, br = (v.transform(image) for v in tta_views(pre))
+    assert tl.mean() < -0.5 < 0.5 < br.mean()
+
+
+def test_tta_probabilities_are_the_mean_over_views(model_and_samples):
+    model, spec, pre, samples = model_and_samples
+    probs, kept = predict_probs(model, spec, pre, samples, torch.device("cpu"), tta=True, workers=0)
+    assert kept.tolist() == list(range(len(samples)))
+    expected = []
+    with torch.inference_mode():
+        for s in samples:
+            image = load_image(s.path, pre.resize_size)
+            x = torch.stack([v.transform(image) for v in tta_views(pre)])
+            expected.append(torch.softmax(model(x).double(), 1).mean(0).numpy())
+    np.testing.assert_allclose(probs, np.stack(expected), atol=1e-5)
+    plain, _ = predict_probs(model, spec, pre, samples, torch.device("cpu"), workers=0)
+    assert not np.allclose(plain, probs, atol=1e-6)  # the views do change the answer
+
+
+def test_cached_and_image_paths_agree_with_tta(model_and_samples):
+    model, spec, pre, samples = model_and_samples
+    direct, _ = predict_probs(model, spec, pre, samples, torch.device("cpu"), tta=True, workers=0)
+    for _ in range(2):  # computed, then read back from the feature cache
+        cached, _ = predict_probs(
+            model, spec, pre, samples, torch.device("cpu"), tta=True, use_cache=True, workers=0
+        )
+        np.testing.assert_allclose(cached, direct, atol=1e-5)
