@@ -21,18 +21,24 @@ _EXPORTS = {
     "EvalResult": "graft.evaluation.metrics",
     "Prediction": "graft.evaluation.inference",
     "create_model": "graft.models",
+    "Interpretation": "graft.evaluation.interpret",
+    "write_report": "graft.evaluation.report",
+    "compare": "graft.training.compare",
 }
 
 __all__ = [
     "EvalResult",
     "GraftError",
     "ImageData",
+    "Interpretation",
     "Learner",
     "Prediction",
     "TrainConfig",
     "__version__",
+    "compare",
     "create_model",
     "load_learner",
+    "write_report",
 ]
 
 if TYPE_CHECKING:
@@ -40,8 +46,11 @@ if TYPE_CHECKING:
     from graft.data.dataset import ImageData
     from graft.errors import GraftError
     from graft.evaluation.inference import Prediction
+    from graft.evaluation.interpret import Interpretation
     from graft.evaluation.metrics import EvalResult
+    from graft.evaluation.report import write_report
     from graft.models import create_model
+    from graft.training.compare import compare
     from graft.training.learner import Learner, load_learner
 
 

@@ -8,8 +8,12 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
+from graft.evaluation.report import SECTIONS
 from tests.conftest import shared_dataset
+from tests.evaluation.test_report import confusion_from_html, parse_report
+from tests.evaluation.test_report_browser import assert_renders
 
 pytestmark = pytest.mark.slow
 
@@ -23,12 +27,62 @@ def graft(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_hymenoptera_defaults_reach_094_on_val(tmp_path):
+@pytest.fixture(scope="module")
+def hymenoptera_run(tmp_path_factory):
+    """``graft train hymenoptera`` with the defaults (which writes report.html too)."""
     data = shared_dataset("hymenoptera")
-    graft("train", str(data), "--out", str(tmp_path / "run"))
-    result = json.loads(graft("evaluate", str(tmp_path / "run"), str(data / "val"), "--json").stdout)
+    run = tmp_path_factory.mktemp("hymenoptera") / "run"
+    graft("train", str(data), "--out", str(run))
+    return data, run
+
+
+def test_hymenoptera_defaults_reach_094_on_val(hymenoptera_run):
+    data, run = hymenoptera_run
+    result = json.loads(graft("evaluate", str(run), str(data / "val"), "--json").stdout)
     assert result["n"] == 153
     assert result["accuracy"] >= 0.94, result
+
+
+def test_hymenoptera_report_agrees_with_evaluate_and_renders_in_chromium(hymenoptera_run, tmp_path):
+    data, run = hymenoptera_run
+    out = tmp_path / "report"
+    graft("report", str(run), str(data), "--out", str(out))
+    report = parse_report(out / "report.html")
+    assert report.sections == list(SECTIONS)
+    cm = confusion_from_html(report)
+    evaluated = json.loads(graft("evaluate", str(run), str(data), "--json").stdout)
+    assert cm.sum() == 153 == evaluated["n"]
+    assert cm.tolist() == evaluated["confusion"]
+    # The report train wrote at the end shows the same matrix.
+    assert confusion_from_html(parse_report(run / "report.html")).tolist() == cm.tolist()
+    for png in out.glob("*.png"):
+        with Image.open(png) as image:
+            image.load()
+            assert min(image.size) > 200, png.name
+    assert_renders(out / "report.html", tmp_path / "screenshot.png")
+
+
+def test_auto_lr_lands_within_2_points_of_the_default(hymenoptera_run, tmp_path):
+    data, run = hymenoptera_run
+    proc = graft("train", str(data), "--lr", "auto", "--out", str(tmp_path / "auto"), "--no-report")
+    suggested = float(re.search(r"lr-find: suggested lr ([0-9.e+-]+)", proc.stdout).group(1))
+    assert 1e-5 < suggested < 1.0
+    default = json.loads((run / "graft.json").read_text())["metrics"]["val_acc"]
+    auto = json.loads((tmp_path / "auto" / "graft.json").read_text())["metrics"]
+    assert auto["lr_found"] == pytest.approx(suggested, rel=1e-2)
+    assert abs(auto["val_acc"] - default) <= 0.02, (auto["val_acc"], default)
+
+
+def test_pretrained_beats_scratch_on_hymenoptera(tmp_path):
+    data = shared_dataset("hymenoptera")
+    out = tmp_path / "cmp"
+    # A shortened budget (the README's figures use the defaults: 5 epochs at 224 px).
+    graft("compare", str(data), "--out", str(out), "--epochs", "3", "--input-size", "160", "--no-report")
+    runs = json.loads((out / "compare.json").read_text())["runs"]
+    pretrained, scratch = runs["pretrained"]["val_acc"], runs["scratch"]["val_acc"]
+    assert len(pretrained) == len(scratch) == 3
+    assert pretrained[-1] >= scratch[-1] + 0.2, runs  # after the same number of epochs
+    assert max(pretrained) >= 0.85, runs
 
 
 def test_malaria_evaluates_exactly_the_saved_test_split(tmp_path):
@@ -76,3 +130,4 @@ def test_demo_reaches_090_on_its_test_split(tmp_path):
     accuracy = float(re.search(r"test accuracy ([0-9.]+)", proc.stdout).group(1))
     assert accuracy >= 0.90, proc.stdout
     assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert parse_report(tmp_path / "run" / "report.html").sections == list(SECTIONS)

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from graft.config import TrainConfig
+from graft.evaluation.report import write_report
 from graft.training.learner import Learner
 
 # A short fine-tune at a small input size: digits are 8×8, so 224 px would only cost time.
@@ -65,10 +66,13 @@ def run_demo(out: Path, data: Path | None = None, device: str = "auto") -> int:
         f"{cfg.freeze_epochs} frozen + {cfg.epochs} unfrozen epochs"
     )
     learn.fit(cfg)
-    result = learn.evaluate(split="test")
+    interp = learn.interpret(split="test")
+    result = interp.result
     learn.metrics.update(test_acc=result.accuracy, test_loss=result.loss, test_n=result.n)
     learn.save(out)
+    report = write_report(learn, interp, out)
     print(result.format())
     print(f"demo: test accuracy {result.accuracy:.4f} on {result.n} unseen images")
-    print(f"demo: run saved to {out}  (try: graft info {out}; graft predict {out} {root / 'test' / '3'})")
+    print(f"demo: run saved to {out}; open {report} to see the curves, confusions and top losses")
+    print(f"demo: try: graft info {out}; graft predict {out} {root / 'test' / '3'}")
     return 0

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from graft.errors import GraftError
 from graft.evaluation.interpret import Interpretation
 from graft.fileio import atomic_write_text
 
@@ -96,7 +97,9 @@ def write_report(
     """
     from graft.evaluation.plots import plot_history, save_png
 
-    out = Path(out or learn.config.out or ".")
+    if out is None and not learn.config.out:
+        raise GraftError("write_report needs out=FOLDER (this learner has no run folder)")
+    out = Path(out or learn.config.out)
     interp = interp if interp is not None else learn.interpret()
     figures = {
         "curves": plot_history(learn.history) if learn.history else None,

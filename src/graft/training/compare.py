@@ -66,7 +66,7 @@ class Comparison:
             cells = [self.val_acc[r][e] if e < len(self.val_acc[r]) else math.nan for r in runs]
             lines.append(f"{e + 1:>5}  " + "  ".join(f"{c:>10.4f}" for c in cells))
         lines.append(f"{'best':>5}  " + "  ".join(f"{self.best(r)[0]:>10.4f}" for r in runs))
-        lines.append(f"{'epoch':>5}  " + "  ".join(f"{self.best(r)[1]:>10d}" for r in runs))
+        lines.append(f"{'at':>5}  " + "  ".join(f"{'epoch ' + str(self.best(r)[1]):>10}" for r in runs))
         lines.append(f"{'secs':>5}  " + "  ".join(f"{self.seconds[r]:>10.1f}" for r in runs))
         return "\n".join(lines)
 
