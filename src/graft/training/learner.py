@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from graft.config import DEFAULT_LR, TrainConfig
-from graft.data.dataset import ImageData, Sample, load_class_folder
-from graft.data.images import is_image_file, list_images
+from graft.data.dataset import ImageData, Sample
+from graft.data.selection import eval_samples, expand_paths
 from graft.data.transforms import Preprocessing
 from graft.errors import GraftError
 from graft.evaluation.inference import Prediction, predict_probs, top_k
@@ -242,7 +242,9 @@ class Learner:
     ) -> Interpretation:
         """Predictions on labeled images, with confusion, top losses and plots (see :meth:`evaluate`
         for the arguments)."""
-        samples, source = self._eval_samples(data, split)
+        samples, source = eval_samples(
+            data if data is not None else self.data, split, self.classes, self.split
+        )
         probs, kept = predict_probs(
             self.model,
             self.spec,
@@ -326,84 +328,6 @@ class Learner:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         return save_bundle(run_dir, self.model.state_dict(), meta, self.history)
-
-    def _eval_samples(
-        self, data: str | Path | ImageData | None, split: str | None
-    ) -> tuple[list[Sample], str]:
-        """The labeled samples to evaluate on, and a description of them (``root (split)``)."""
-        if isinstance(data, ImageData) or data is None:
-            source = data if data is not None else self.data
-            if source is None:
-                raise GraftError("no data given to evaluate on")
-            name = split or ("test" if source.splits.get("test") else "val")
-            return self._pick_split(source.splits, name, source.classes), f"{source.root} ({name})"
-        root = Path(data)
-        if not root.is_dir():
-            raise GraftError(f"evaluation data not found: {root}")
-        own_root = bool(self.split) and Path(self.split["root"]).resolve() == root.resolve()
-        if split is None and not own_root and not _looks_like_dataset_root(root):
-            samples, _ = load_class_folder(root, self.classes)
-            return samples, str(root)
-        record = self.split
-        if record and (record.get("layout") != "folders" or not _split_folder(root, split)):
-            # The saved file list: exactly the images this run held out (and only those need to exist).
-            name = split or ("test" if record["splits"].get("test") else "val")
-            only = {**record, "splits": {name: record["splits"].get(name, [])}}
-            samples = self._pick_split(ImageData.from_record(root, only).splits, name, record["classes"])
-            return samples, f"{root} ({name})"
-        folder = _split_folder(root, split or ("test" if _split_folder(root, "test") else "val"))
-        if folder is None:
-            raise GraftError(f"{root} has no {split or 'test or val'} folder")
-        samples, _ = load_class_folder(folder, self.classes)
-        return samples, str(folder)
-
-    def _pick_split(self, splits: dict[str, list[Sample]], name: str, classes: list[str]) -> list[Sample]:
-        samples = splits.get(name)
-        if not samples:
-            raise GraftError(
-                f"the data has no '{name}' split (it has: {', '.join(k for k, v in splits.items() if v)})"
-            )
-        if any(s.label is None for s in samples):
-            raise GraftError(f"the '{name}' split is unlabeled: use predict, not evaluate")
-        if list(classes) != self.classes:
-            index = {c: i for i, c in enumerate(self.classes)}
-            unknown = sorted({classes[s.label] for s in samples} - index.keys())
-            if unknown:
-                raise GraftError(f"classes unknown to the model: {', '.join(unknown[:5])}")
-            samples = [Sample(s.path, index[classes[s.label]]) for s in samples]
-        return samples
-
-
-def _split_folder(root: Path, split: str | None) -> Path | None:
-    names = {"val": ("val", "valid", "validation")}.get(split or "", (split,) if split else ())
-    return next((root / n for n in names if (root / n).is_dir()), None)
-
-
-def _looks_like_dataset_root(root: Path) -> bool:
-    return (root / "train").is_dir()
-
-
-def expand_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Image files named directly, plus the images inside named folders (recursively, sorted).
-
-    Raises:
-        GraftError: If a path does not exist, or nothing at all is found.
-    """
-    if isinstance(paths, str | Path):
-        paths = [paths]
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found += list_images(p, recursive=True)
-        elif p.is_file():
-            if not is_image_file(p):
-                raise GraftError(f"not an image file: {p}")
-            found.append(p)
-        else:
-            raise GraftError(f"no such file or folder: {p}")
-    if not found:
-        raise GraftError(f"no images found in {', '.join(map(str, paths))}")
-    return found
 
 
 def load_learner(run_dir: str | Path, device: str = "auto") -> Learner:
