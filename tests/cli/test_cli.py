@@ -95,9 +95,12 @@ def test_tta_on_evaluate_and_predict(run, dataset, capsys):
     assert main(["evaluate", str(run), str(dataset / "data"), "--tta", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 9 and result["accuracy"] == 1.0
-    assert main(["predict", str(run), str(dataset / "new"), "--tta", "--top-k", "3"]) == 0
+    assert main(["predict", str(run), "--tta", str(dataset / "new"), "--top-k", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and all("\tred " in line or "\tblue " in line for line in lines)
+    assert main(["evaluate", str(run), str(dataset / "data"), "--tta-views", "4", "--json"]) == 0
+    four = json.loads(capsys.readouterr().out)
+    assert four["n"] == 9 and four["loss"] != result["loss"]  # different views, different average
 
 
 def test_lr_find_command_and_auto_lr(dataset, tmp_path, capsys):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from graft import GraftError
 from graft.data.dataset import Sample
 from graft.data.images import load_image
 from graft.data.transforms import eval_transform
@@ -29,8 +30,11 @@ def model_and_samples(tmp_path_factory):
 
 def test_views_centre_mirror_and_corners(model_and_samples):
     _, _, pre, samples = model_and_samples
-    views = tta_views(pre)
+    assert [v.key for v in tta_views(pre)] == ["eval", "tta-flip"]
+    views = tta_views(pre, 4)
     assert [v.key for v in views] == ["eval", "tta-flip", "tta-tl", "tta-br"]
+    with pytest.raises(GraftError, match="2 or 4 views"):
+        tta_views(pre, 3)
     assert all(v.seed is None for v in views)  # deterministic: no random crops
     image = load_image(samples[0].path)
     center, flip, tl, br = (v.transform(image) for v in views)
@@ -47,19 +51,21 @@ def test_corner_crops_take_the_ends_of_the_resized_image(model_and_samples):
     arr = np.zeros((46, 92, 3), dtype=np.uint8)
     arr[:, 46:] = 255
     image = Image.fromarray(arr)
-    _, _, tl, br = (v.transform(image) for v in tta_views(pre))
+    _, _, tl, br = (v.transform(image) for v in tta_views(pre, 4))
     assert tl.mean() < -0.5 < 0.5 < br.mean()
 
 
-def test_tta_probabilities_are_the_mean_over_views(model_and_samples):
+@pytest.mark.parametrize("tta", [True, 4])
+def test_tta_probabilities_are_the_mean_over_views(model_and_samples, tta):
     model, spec, pre, samples = model_and_samples
-    probs, kept = predict_probs(model, spec, pre, samples, torch.device("cpu"), tta=True, workers=0)
+    probs, kept = predict_probs(model, spec, pre, samples, torch.device("cpu"), tta=tta, workers=0)
     assert kept.tolist() == list(range(len(samples)))
+    views = tta_views(pre, 2 if tta is True else tta)
     expected = []
     with torch.inference_mode():
         for s in samples:
             image = load_image(s.path, pre.resize_size)
-            x = torch.stack([v.transform(image) for v in tta_views(pre)])
+            x = torch.stack([v.transform(image) for v in views])
             expected.append(torch.softmax(model(x).double(), 1).mean(0).numpy())
     np.testing.assert_allclose(probs, np.stack(expected), atol=1e-5)
     plain, _ = predict_probs(model, spec, pre, samples, torch.device("cpu"), workers=0)
@@ -74,3 +80,10 @@ def test_cached_and_image_paths_agree_with_tta(model_and_samples):
             model, spec, pre, samples, torch.device("cpu"), tta=True, use_cache=True, workers=0
         )
         np.testing.assert_allclose(cached, direct, atol=1e-5)
+    direct4, _ = predict_probs(model, spec, pre, samples, torch.device("cpu"), tta=4, workers=0)
+    for _ in range(2):
+        cached, _ = predict_probs(
+            model, spec, pre, samples, torch.device("cpu"), tta=4, use_cache=True, workers=0
+        )
+        np.testing.assert_allclose(cached, direct4, atol=1e-5)
+    assert not np.allclose(direct4, direct, atol=1e-6)

@@ -18,7 +18,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not data:
         raise GraftError(f"{args.run} does not record its data folder; pass DATA")
     t0 = time.perf_counter()
-    interp = learn.interpret(data, args.split, tta=args.tta)
+    interp = learn.interpret(data, args.split, tta=tta_from_args(args))
     path = write_report(learn, interp, args.out or args.run, top_losses=args.top_losses, samples=args.samples)
     result = interp.result
     print(
@@ -76,6 +76,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_tta_argument(parser: argparse.ArgumentParser) -> None:
+    """``--tta`` (2 views) and ``--tta-views N``; read them back with :func:`tta_from_args`."""
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="average test-time augmentation views: the centre crop and its mirror",
+    )
+    parser.add_argument(
+        "--tta-views",
+        type=int,
+        choices=(2, 4),
+        help="views for --tta: 2 (default), or 4 to add the top-left and bottom-right crops (implies --tta)",
+    )
+
+
+def tta_from_args(args: argparse.Namespace) -> int:
+    """The number of test-time augmentation views asked for (0: none)."""
+    return args.tta_views or (2 if args.tta else 0)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register report, lr-find and compare on the ``graft`` parser."""
     from graft.cli.config_args import add_config_arguments
@@ -84,9 +104,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run folder written by graft train")
     p.add_argument("data", nargs="?", help="labeled data to evaluate (default: the run's own data)")
     p.add_argument(
-        "--split", choices=("test", "val", "train"), help="which split (default: test if any, else val)"
+        "--split",
+        choices=("test", "val", "train"),
+        help="which split (default: a labeled test split if any, else val)",
     )
-    p.add_argument("--tta", action="store_true", help="average test-time augmentation views")
+    add_tta_argument(p)
     p.add_argument("--out", help="folder for report.html and the PNGs (default: the run folder)")
     p.add_argument("--top-losses", type=int, default=9, help="images in the top-losses grid (default: 9)")
     p.add_argument(

@@ -98,12 +98,13 @@ def _check_writable(out: Path) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from graft.cli.analysis import tta_from_args
     from graft.training.learner import load_learner
 
     learn = load_learner(args.run, device=args.device)
     if args.batch_size:
         learn.config.batch_size = args.batch_size
-    result = learn.evaluate(args.data, split=args.split, tta=args.tta)
+    result = learn.evaluate(args.data, split=args.split, tta=tta_from_args(args))
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
@@ -112,12 +113,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from graft.cli.analysis import tta_from_args
     from graft.evaluation.inference import top_k
     from graft.fileio import atomic_write_text
     from graft.training.learner import load_learner
 
     learn = load_learner(args.run, device=args.device)
-    paths, probs = learn.predict_probs(args.paths, tta=args.tta)
+    paths, probs = learn.predict_probs(args.paths, tta=tta_from_args(args))
     preds = top_k(probs, paths, learn.classes, args.top_k)
     rows = []
     for pred in preds:
@@ -216,6 +218,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from graft.cli.analysis import add_commands as add_analysis_commands
+    from graft.cli.analysis import add_tta_argument
     from graft.cli.config_args import add_config_arguments
 
     parser = argparse.ArgumentParser(
@@ -234,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="folder of class folders, or a dataset root (with --split)")
     p.add_argument("--split", choices=("test", "val", "train"), help="which split of a dataset root")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--tta", action="store_true", help="average test-time augmentation views (4 per image)")
+    add_tta_argument(p)
     p.add_argument("--batch-size", type=int, default=None, help="images per batch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_evaluate)
@@ -252,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="probs: one probability column per class; label: id,label (default: probs)",
     )
     p.add_argument("--print", action="store_true", help="also print predictions when writing files")
-    p.add_argument("--tta", action="store_true", help="average test-time augmentation views (4 per image)")
+    add_tta_argument(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_predict)
 

@@ -18,7 +18,7 @@ def eval_samples(
 
     Args:
         data: An :class:`ImageData`; a folder of class folders; or a dataset root (then
-            ``split``, or the test split if there is one, else val).
+            ``split``, or the test split if there is a labeled one, else val).
         split: ``"test"``, ``"val"`` or ``"train"``.
         classes: The model's classes.
         record: The split the model was trained with (``ImageData.to_record()``): for datasets
@@ -30,7 +30,7 @@ def eval_samples(
     if data is None:
         raise GraftError("no data given to evaluate on")
     if isinstance(data, ImageData):
-        name = split or ("test" if data.splits.get("test") else "val")
+        name = split or _default_split({k: [s.label for s in v] for k, v in data.splits.items()})
         return _pick_split(data.splits, name, data.classes, classes), f"{data.root} ({name})"
     root = Path(data)
     if not root.is_dir():
@@ -41,7 +41,7 @@ def eval_samples(
         return samples, str(root)
     if record and (record.get("layout") != "folders" or not _split_folder(root, split)):
         # The saved file list: exactly the images this run held out (and only those need to exist).
-        name = split or ("test" if record["splits"].get("test") else "val")
+        name = split or _default_split({k: [label for _, label in v] for k, v in record["splits"].items()})
         only = {**record, "splits": {name: record["splits"].get(name, [])}}
         splits = ImageData.from_record(root, only).splits
         return _pick_split(splits, name, record["classes"], classes), f"{root} ({name})"
@@ -50,6 +50,13 @@ def eval_samples(
         raise GraftError(f"{root} has no {split or 'test or val'} folder")
     samples, _ = load_class_folder(folder, classes)
     return samples, str(folder)
+
+
+def _default_split(labels: dict[str, list]) -> str:
+    """``test`` when the data has a labeled test split, else ``val`` (a Kaggle-style test folder
+    has no labels: it is for predict)."""
+    test = labels.get("test")
+    return "test" if test and all(label is not None for label in test) else "val"
 
 
 def _pick_split(

@@ -60,16 +60,16 @@ def predict_probs(
     workers: int | None = None,
     use_cache: bool = False,
     fast: nn.Module | None = None,
-    tta: bool = False,
+    tta: bool | int = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities for the decodable samples.
 
     Runs a BatchNorm-folded, channels_last copy of the model. With ``use_cache``, the body's
     features come from (and go to) the feature cache, so evaluating a run whose body was never
     unfrozen re-reads the vectors its training computed. ``fast`` is an inference copy from
-    :func:`~graft.models.fuse.inference_model` to reuse (built here when None). With ``tta``,
-    each image's probabilities are the mean over the views of
-    :func:`~graft.training.features.tta_views` (each image is still decoded once).
+    :func:`~graft.models.fuse.inference_model` to reuse (built here when None). ``tta`` (True
+    or 2: centre and mirror; 4: also the two end crops) makes each image's probabilities the
+    mean over :func:`~graft.training.features.tta_views` (each image is still decoded once).
 
     Returns:
         ``(probs, kept)``: an (n × C) float64 array and the indices into ``samples`` of its rows,
@@ -77,7 +77,8 @@ def predict_probs(
     """
     batch_size = batch_size or inference_batch_size(device, 32)
     workers = inference_workers(device) if workers is None else workers
-    views = tta_views(pre) if tta else [eval_view(pre)]
+    count = 2 if tta is True else int(tta)
+    views = tta_views(pre, count) if count else [eval_view(pre)]
     head = feature_head(model, spec) if use_cache else None
     if head is not None:
         cache = FeatureCache(default_cache_root(), body_key(model, spec, pre, precision))
@@ -99,7 +100,7 @@ def predict_probs(
     else:
         loader = make_loader(
             samples,
-            _stacked(views) if tta else views[0].transform,
+            _stacked(views) if count else views[0].transform,
             batch_size=max(1, batch_size // len(views)),
             workers=workers,
             min_size=pre.resize_size,
@@ -107,7 +108,8 @@ def predict_probs(
         )
         if fast is None:
             fast = inference_model(model, pre.input_size, device)
-        logits, indices, failed = infer(_ViewMean(fast) if tta else fast, loader, device, precision=precision)
+        model_ = _ViewMean(fast) if count else fast
+        logits, indices, failed = infer(model_, loader, device, precision=precision)
     warn_failed(failed, [s.path for s in samples])
     if logits.numel() == 0:
         return np.zeros((0, 0)), np.zeros(0, dtype=np.int64)

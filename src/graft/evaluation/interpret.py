@@ -36,7 +36,7 @@ class Interpretation:
         preprocessing: The model's preprocessing (image grids show the crop the model saw).
         source: What was evaluated, e.g. ``hymenoptera (val)``.
         skipped: Images that could not be decoded.
-        tta: Whether the probabilities average test-time augmentation views.
+        tta: Test-time augmentation views averaged (0: none).
     """
 
     classes: list[str]
@@ -46,7 +46,7 @@ class Interpretation:
     preprocessing: Preprocessing
     source: str = ""
     skipped: int = 0
-    tta: bool = False
+    tta: int = 0
 
     @property
     def result(self) -> EvalResult:

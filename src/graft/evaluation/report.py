@@ -87,7 +87,7 @@ def write_report(
     Args:
         learn: A trained (or loaded) learner; its history, config, split and metrics are shown.
         interp: Predictions to show; default: :meth:`Learner.interpret` on the learner's own data
-            (the test split if there is one, else val).
+            (the labeled test split if there is one, else val).
         out: Folder to write to (default: the run folder, ``learn.config.out``).
         top_losses: Images in the top-losses grid.
         samples: Images in the sample-predictions grid.
@@ -173,7 +173,7 @@ def _summary(learn: Learner, interp: Interpretation) -> str:
             "evaluated on",
             f"{interp.source}: {result.n} images"
             + (f", {interp.skipped} skipped (undecodable)" if interp.skipped else "")
-            + (", test-time augmentation" if interp.tta else ""),
+            + (f", test-time augmentation ({interp.tta} views)" if interp.tta else ""),
         ],
         ["accuracy", f"{_fmt(result.accuracy)} (loss {_fmt(result.loss)})"],
     ]

@@ -3,7 +3,7 @@
 data = ImageData.from_folder("hymenoptera")
 learn = Learner(data, "tf_efficientnet_lite0")
 learn.fit(epochs=3)
-learn.evaluate()                  # the test split if there is one, else val
+learn.evaluate()                  # the labeled test split if there is one, else val
 learn.predict("bee.jpg")
 learn.save("runs/bees")
 learn = load_learner("runs/bees")
@@ -224,21 +224,22 @@ class Learner:
         )
 
     def evaluate(
-        self, data: str | Path | ImageData | None = None, split: str | None = None, *, tta: bool = False
+        self, data: str | Path | ImageData | None = None, split: str | None = None, *, tta: bool | int = False
     ) -> EvalResult:
         """Evaluate on labeled images the model did not train on.
 
         Args:
             data: None for this learner's data; an :class:`ImageData`; a folder of class
-                folders; or a dataset root (with ``split``, or the test split if any, else val).
+                folders; or a dataset root (with ``split``, or the labeled test split if any, else val).
                 For datasets split by fractions, the split saved at training time is reused.
             split: ``"test"`` or ``"val"`` (or ``"train"``).
-            tta: Average the predictions of test-time augmentation views.
+            tta: Average test-time augmentation views: True or 2 (centre and mirror), or 4 (also
+                the two end crops).
         """
         return self.interpret(data, split, tta=tta).result
 
     def interpret(
-        self, data: str | Path | ImageData | None = None, split: str | None = None, *, tta: bool = False
+        self, data: str | Path | ImageData | None = None, split: str | None = None, *, tta: bool | int = False
     ) -> Interpretation:
         """Predictions on labeled images, with confusion, top losses and plots (see :meth:`evaluate`
         for the arguments)."""
@@ -266,21 +267,21 @@ class Learner:
             preprocessing=self.preprocessing,
             source=source,
             skipped=len(samples) - len(kept),
-            tta=tta,
+            tta=2 if tta is True else int(tta),
         )
 
     def predict(
-        self, paths: str | Path | Sequence[str | Path], k: int = 1, *, tta: bool = False
+        self, paths: str | Path | Sequence[str | Path], k: int = 1, *, tta: bool | int = False
     ) -> list[Prediction]:
         """Top-``k`` predictions for image files and/or folders (searched recursively).
 
-        Undecodable files are warned about and left out. ``tta`` averages test-time augmentation views.
+        Undecodable files are warned about and left out. ``tta``: see :meth:`evaluate`.
         """
         kept, probs = self.predict_probs(paths, tta=tta)
         return top_k(probs, kept, self.classes, k)
 
     def predict_probs(
-        self, paths: str | Path | Sequence[str | Path], *, tta: bool = False
+        self, paths: str | Path | Sequence[str | Path], *, tta: bool | int = False
     ) -> tuple[list[Path], np.ndarray]:
         """Full class probabilities (columns in ``self.classes`` order) for the decodable images.
 
