@@ -213,16 +213,17 @@ def test_models_lists_bundled_weights(capsys):
         (["predict", "{tmp}/missing", "x.jpg"], "not found"),
         (["report", "{tmp}/missing"], "not found"),
         (["report", "{tmp}/empty"], "not a graft run"),
+        (["report", "{run}", "--top-losses", "-1"], "at least 1 top-loss image"),
         (["lr-find", "{tmp}/one"], "one class"),
         (["lr-find", "{data}", "--start-lr", "1", "--end-lr", "0.1"], "start lr < end lr"),
         (["compare", "{tmp}/missing"], "does not exist"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(args, message, dataset, tmp_path, capsys, monkeypatch):
+def test_bad_input_is_one_line_and_exit_2(args, message, dataset, run, tmp_path, capsys, monkeypatch):
     (tmp_path / "empty").mkdir()
     make_image_folder(tmp_path / "one", {"only": 3})
     monkeypatch.chdir(tmp_path)
-    argv = [a.format(tmp=tmp_path, data=dataset / "data") for a in args]
+    argv = [a.format(tmp=tmp_path, data=dataset / "data", run=run) for a in args]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("graft: error:") and message in err

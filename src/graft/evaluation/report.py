@@ -97,6 +97,8 @@ def write_report(
     """
     from graft.evaluation.plots import plot_history, save_png
 
+    if top_losses < 1 or samples < 1:
+        raise GraftError("the report needs at least 1 top-loss image and 1 sample image")
     if out is None and not learn.config.out:
         raise GraftError("write_report needs out=FOLDER (this learner has no run folder)")
     out = Path(out or learn.config.out)
