@@ -141,6 +141,8 @@ def test_compare_trains_both_and_plots(dataset, tmp_path, capsys):
     assert (pretrained["mode"], scratch["mode"]) == ("finetune", "scratch")
     same = ("epochs", "lr", "optimizer", "schedule", "batch_size", "seed", "input_size")
     assert all(pretrained[k] == scratch[k] for k in same)
+    assert main(argv) == 2  # a second comparison into the same folder needs --overwrite
+    assert "already holds a comparison" in capsys.readouterr().err
 
 
 def test_evaluate_json_reuses_the_saved_test_split(run, dataset, capsys):

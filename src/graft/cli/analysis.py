@@ -66,6 +66,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     out = Path(cfg.out or _default_out(cfg.data, "compare"))
+    held = [p for p in (out / "compare.json", out / "pretrained", out / "scratch") if p.exists()]
+    if held and not args.overwrite:
+        raise GraftError(f"{out} already holds a comparison; pass --overwrite or choose another --out")
     result = compare(cfg, pretrained_mode=args.pretrained_mode, out=out)
     print()
     print("validation accuracy per epoch")
@@ -135,4 +138,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="finetune: every weight trains, the body at lower (discriminative) rates; full: every "
         "weight at --lr, exactly as from scratch; features: only the head trains (default: finetune)",
     )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing comparison in --out")
     p.set_defaults(func=cmd_compare)
