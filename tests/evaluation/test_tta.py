@@ -1,6 +1,7 @@
 """Test-time augmentation: the views, and predictions that average them on both inference paths."""
 
 import dataclasses
+import pickle
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from graft import GraftError
 from graft.data.dataset import Sample
 from graft.data.images import load_image
 from graft.data.transforms import eval_transform
-from graft.evaluation.inference import predict_probs
+from graft.evaluation.inference import _Stacked, predict_probs
 from graft.models import create_model
 from graft.training.features import tta_views
 from tests.conftest import make_image_folder
@@ -87,3 +88,14 @@ def test_cached_and_image_paths_agree_with_tta(model_and_samples):
         )
         np.testing.assert_allclose(cached, direct4, atol=1e-5)
     assert not np.allclose(direct4, direct, atol=1e-6)
+
+
+def test_views_survive_pickling_and_worker_processes(model_and_samples):
+    model, spec, pre, samples = model_and_samples
+    # Loader workers started with "spawn" (macOS, Windows) pickle the transform.
+    restored = pickle.loads(pickle.dumps(_Stacked(tta_views(pre, 4))))
+    image = load_image(samples[0].path)
+    assert torch.equal(restored(image), _Stacked(tta_views(pre, 4))(image))
+    in_process, _ = predict_probs(model, spec, pre, samples, torch.device("cpu"), tta=True, workers=0)
+    in_worker, _ = predict_probs(model, spec, pre, samples, torch.device("cpu"), tta=True, workers=1)
+    np.testing.assert_allclose(in_worker, in_process, atol=1e-6)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,7 +100,7 @@ def predict_probs(
     else:
         loader = make_loader(
             samples,
-            _stacked(views) if count else views[0].transform,
+            _Stacked(views) if count else views[0].transform,
             batch_size=max(1, batch_size // len(views)),
             workers=workers,
             min_size=pre.resize_size,
@@ -108,8 +108,8 @@ def predict_probs(
         )
         if fast is None:
             fast = inference_model(model, pre.input_size, device)
-        model_ = _ViewMean(fast) if count else fast
-        logits, indices, failed = infer(model_, loader, device, precision=precision)
+        net = _ViewMean(fast) if count else fast
+        logits, indices, failed = infer(net, loader, device, precision=precision)
     warn_failed(failed, [s.path for s in samples])
     if logits.numel() == 0:
         return np.zeros((0, 0)), np.zeros(0, dtype=np.int64)
@@ -118,8 +118,14 @@ def predict_probs(
     return probs, indices[order].numpy()
 
 
-def _stacked(views: Sequence[View]) -> Callable:
-    return lambda image: torch.stack([v.transform(image) for v in views])
+class _Stacked:
+    """All views of one decoded image as a ``(views, C, H, W)`` tensor (picklable for workers)."""
+
+    def __init__(self, views: Sequence[View]) -> None:
+        self.transforms = [v.transform for v in views]
+
+    def __call__(self, image: object) -> torch.Tensor:
+        return torch.stack([t(image) for t in self.transforms])
 
 
 def _mean_over_views(logits: torch.Tensor, views: int) -> torch.Tensor:

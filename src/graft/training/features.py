@@ -63,8 +63,15 @@ def eval_view(pre: Preprocessing) -> View:
     return View("eval", eval_transform(pre))
 
 
-def _flipped(transform: Callable) -> Callable:
-    return lambda image: torch.flip(transform(image), dims=[-1])
+class _Flipped:
+    """A transform followed by a horizontal flip of its tensor (a class, not a lambda, so loader
+    workers started with "spawn", as on macOS, can pickle it)."""
+
+    def __init__(self, transform: Callable) -> None:
+        self.transform = transform
+
+    def __call__(self, image: object) -> torch.Tensor:
+        return torch.flip(self.transform(image), dims=[-1])
 
 
 # Test-time augmentation view counts: centre + mirror, or those plus the two end crops.
@@ -87,7 +94,7 @@ def tta_views(pre: Preprocessing, count: int = 2) -> list[View]:
     center = eval_transform(pre)
     views = [
         View("eval", center),
-        View("tta-flip", _flipped(center)),
+        View("tta-flip", _Flipped(center)),
         View("tta-tl", corner_transform(pre, first=True)),
         View("tta-br", corner_transform(pre, first=False)),
     ]
