@@ -100,7 +100,7 @@ def compare(
         pretrained_mode: ``finetune`` (every weight trains, the body at discriminative rates
             from ``lr / 2 / lr_mult`` up to ``lr / 2``, as fine-tuning does), ``full`` (every weight
             at ``lr``, exactly as from scratch; AdamW at 2e-3 wrecks ImageNet features this way:
-            hymenoptera stayed at 0.54), or ``features`` (only the head trains: the tutorials'
+            hymenoptera val stayed at 0.46-0.54), or ``features`` (only the head trains: the tutorials'
             "feature extraction").
         out: Folder for ``compare.png``/``compare.csv``/``compare.json`` and the two runs
             (``pretrained/`` and ``scratch/``, each a run folder); None writes nothing.
