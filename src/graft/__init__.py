@@ -19,7 +19,7 @@ _EXPORTS = {
     "TrainConfig": "graft.config",
     "GraftError": "graft.errors",
     "EvalResult": "graft.evaluation.metrics",
-    "Prediction": "graft.evaluation.inference",
+    "Prediction": "graft.evaluation.predictions",
     "create_model": "graft.models",
     "Interpretation": "graft.evaluation.interpret",
     "write_report": "graft.evaluation.report",
@@ -45,9 +45,9 @@ if TYPE_CHECKING:
     from graft.config import TrainConfig
     from graft.data.dataset import ImageData
     from graft.errors import GraftError
-    from graft.evaluation.inference import Prediction
     from graft.evaluation.interpret import Interpretation
     from graft.evaluation.metrics import EvalResult
+    from graft.evaluation.predictions import Prediction
     from graft.evaluation.report import write_report
     from graft.models import create_model
     from graft.training.compare import compare

@@ -114,13 +114,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from graft.cli.analysis import tta_from_args
-    from graft.evaluation.inference import top_k
+    from graft.evaluation.predictions import top_k
     from graft.fileio import atomic_write_text
-    from graft.training.learner import load_learner
 
-    learn = load_learner(args.run, device=args.device)
-    paths, probs = learn.predict_probs(args.paths, tta=tta_from_args(args))
-    preds = top_k(probs, paths, learn.classes, args.top_k)
+    if args.onnx:
+        # onnxruntime with NumPy preprocessing: torch is never imported on this path.
+        from graft.export.onnx_runtime import OnnxClassifier
+
+        if tta_from_args(args):
+            raise GraftError("--tta is not available with --onnx")
+        model = OnnxClassifier(args.onnx)
+        classes = model.classes
+        paths, probs = model.predict_probs([args.run, *args.paths])
+    else:
+        from graft.training.learner import load_learner
+
+        if not args.paths:
+            raise GraftError("give the images or folders to predict after the run folder")
+        learn = load_learner(args.run, device=args.device)
+        classes = learn.classes
+        paths, probs = learn.predict_probs(args.paths, tta=tta_from_args(args))
+    preds = top_k(probs, paths, classes, args.top_k)
     rows = []
     for pred in preds:
         row = {"path": str(pred.path), "label": pred.label, "prob": f"{pred.prob:.6f}"}
@@ -132,7 +146,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"wrote {len(rows)} predictions to {args.csv}")
     if args.submission:
         if args.submission_format == "probs":
-            header = ["id", *learn.classes]
+            header = ["id", *classes]
             sub = [
                 [Path(p).stem, *(f"{v:.6g}" for v in r)] for p, r in zip(paths, probs.tolist(), strict=True)
             ]
@@ -220,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     from graft.cli.analysis import add_commands as add_analysis_commands
     from graft.cli.analysis import add_tta_argument
     from graft.cli.config_args import add_config_arguments
+    from graft.cli.deploy import add_commands as add_deploy_commands
 
     parser = argparse.ArgumentParser(
         prog="graft",
@@ -243,8 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict classes of image files or folders")
-    p.add_argument("run", help="run folder written by graft train")
-    p.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("run", help="run folder written by graft train (with --onnx: the first image or folder)")
+    p.add_argument("paths", nargs="*", help="image files and/or folders (searched recursively)")
+    p.add_argument("--onnx", metavar="FILE", help="predict with this exported ONNX model on onnxruntime")
     p.add_argument("--top-k", type=int, default=1, help="classes to report per image (default: 1)")
     p.add_argument("--csv", help="write path,label,prob (+ label_N,prob_N for top-k) to this CSV")
     p.add_argument("--submission", help="write a Kaggle-style submission CSV (id = file stem)")
@@ -260,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     add_analysis_commands(sub)
+    add_deploy_commands(sub)
 
     p = sub.add_parser("models", help="list architectures and whether their weights are available offline")
     p.add_argument(

@@ -8,6 +8,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from graft.data.resize import center_crop_box
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -98,17 +100,9 @@ class ResizeCenterCrop:
     def __call__(self, image: Image.Image) -> Image.Image:
         if not isinstance(image, Image.Image):
             return self.fallback(image)
-        w, h = image.size
-        # torchvision's Resize(int): the shorter side becomes `resize`, the longer one is truncated.
-        if w <= h:
-            rw, rh = self.resize, int(self.resize * h / w)
-        else:
-            rw, rh = int(self.resize * w / h), self.resize
-        if min(rw, rh) < self.size:
+        box = center_crop_box(*image.size, self.size, self.resize)
+        if box is None:
             return self.fallback(image)
-        left, top = round((rw - self.size) / 2.0), round((rh - self.size) / 2.0)
-        sx, sy = rw / w, rh / h
-        box = (left / sx, top / sy, (left + self.size) / sx, (top + self.size) / sy)
         return image.resize((self.size, self.size), _PIL_RESAMPLE[self.mode], box=box)
 
 

@@ -25,9 +25,10 @@ from graft.data.dataset import ImageData, Sample
 from graft.data.selection import eval_samples, expand_paths
 from graft.data.transforms import Preprocessing
 from graft.errors import GraftError
-from graft.evaluation.inference import Prediction, predict_probs, top_k
+from graft.evaluation.inference import predict_probs
 from graft.evaluation.interpret import Interpretation
 from graft.evaluation.metrics import EvalResult
+from graft.evaluation.predictions import Prediction, top_k
 from graft.export.bundle import load_bundle, read_history, save_bundle
 from graft.models import ModelSpec, build_model, create_model
 from graft.models.fuse import inference_model

@@ -1,0 +1,37 @@
+"""``graft export``: a model file for other runtimes, checked against PyTorch before it is written."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from graft.export.exporters import PARITY_TOLERANCE, export
+    from graft.training.learner import load_learner
+
+    learn = load_learner(args.run, device="cpu")
+    learn.config.out = args.run  # the default output folder
+    report = export(learn, args.format, args.out, check=args.check)
+    size = report.path.stat().st_size / 1e6
+    print(f"wrote {report.path} ({size:.1f} MB, {report.format})")
+    print(
+        f"parity with PyTorch on {report.images} images: largest probability difference "
+        f"{report.max_diff:.2e} (limit {PARITY_TOLERANCE:g}); same top-1 on {report.agree}/{report.images}"
+        f"  ({report.seconds:.1f} s)"
+    )
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register export on the ``graft`` parser."""
+    p = sub.add_parser("export", help="export a run to ONNX or TorchScript, checked against PyTorch")
+    p.add_argument("run", help="run folder written by graft train")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="default: onnx")
+    p.add_argument("--out", help="output file (default: RUN/model.onnx or RUN/model.torchscript.pt)")
+    p.add_argument(
+        "--check",
+        nargs="+",
+        metavar="IMAGES",
+        help="images or folders for the parity check (default: the run's test or val split)",
+    )
+    p.set_defaults(func=cmd_export)

@@ -1,0 +1,186 @@
+"""``graft export``: ONNX or TorchScript files that carry their preprocessing contract, written only
+after their predictions were checked against the PyTorch model on real images."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from graft.data.dataset import Sample
+from graft.data.selection import eval_samples, expand_paths
+from graft.errors import GraftError
+from graft.evaluation.inference import predict_probs
+from graft.export.onnx_runtime import META_KEY
+
+if TYPE_CHECKING:
+    from graft.training.learner import Learner
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+# Largest allowed difference in any class probability between the export and the PyTorch model.
+PARITY_TOLERANCE = 1e-4
+# Parity is checked on at most this many images (the val split is usually smaller).
+MAX_CHECK_IMAGES = 500
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export` wrote and how closely it matches the PyTorch model.
+
+    Attributes:
+        path: The exported file.
+        format: ``onnx`` or ``torchscript``.
+        max_diff: Largest absolute difference in class probabilities over the checked images.
+        images: How many images the parity check ran on.
+        agree: How many of them got the same top-1 class.
+        seconds: Time to export and check.
+    """
+
+    path: Path
+    format: str
+    max_diff: float
+    images: int
+    agree: int
+    seconds: float
+
+
+def contract(learn: Learner) -> dict:
+    """What a user of the exported file needs besides the weights: classes, preprocessing, model."""
+    return {
+        "format": 1,
+        "classes": list(learn.classes),
+        "preprocessing": learn.preprocessing.to_dict(),
+        "model": learn.spec.to_dict(),
+        "input": "image: float32 (batch, 3, H, W), RGB scaled to [0, 1], then (x - mean) / std",
+        "output": "logits: float32 (batch, classes); softmax gives probabilities",
+    }
+
+
+def export(
+    learn: Learner,
+    fmt: str = "onnx",
+    out: str | Path | None = None,
+    check: Sequence[str | Path] | None = None,
+) -> ExportReport:
+    """Export ``learn``'s model, check parity on real images, then move the file into place.
+
+    Args:
+        fmt: ``onnx`` (opset from torch's exporter, dynamic batch) or ``torchscript`` (traced).
+        out: Output file (default: ``<run>/model.onnx`` or ``<run>/model.torchscript.pt``).
+        check: Images or folders for the parity check (default: the run's labeled test split or
+            val split, from the data folder it was trained on).
+
+    Raises:
+        GraftError: Unknown format, no images to check on, an export that fails, or a parity
+            difference above :data:`PARITY_TOLERANCE` (nothing is written then).
+    """
+    if fmt not in FORMATS:
+        raise GraftError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    if out is None:
+        if not learn.config.out:
+            raise GraftError("export needs an output file (out=...)")
+        out = Path(learn.config.out) / f"model{FORMATS[fmt]}"
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    samples = _check_samples(learn, check)
+    model = copy.deepcopy(learn.model).to("cpu", memory_format=torch.contiguous_format).float().eval()
+    meta = json.dumps(contract(learn))
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        size = learn.preprocessing.input_size
+        example = torch.randn(2, 3, size, size)
+        if fmt == "onnx":
+            _export_onnx(model, example, tmp, meta)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit's deprecation notices
+                traced = torch.jit.trace(model, example)
+                torch.jit.save(traced, str(tmp), _extra_files={"graft.json": meta})
+        reference, kept = predict_probs(
+            model, learn.spec, learn.preprocessing, samples, torch.device("cpu"), precision="fp32", fast=model
+        )
+        exported = _exported_probs(fmt, tmp, learn, [samples[i] for i in kept])
+        diff = float(np.abs(exported - reference).max()) if len(kept) else 0.0
+        agree = int((exported.argmax(1) == reference.argmax(1)).sum()) if len(kept) else 0
+        if diff > PARITY_TOLERANCE:
+            raise GraftError(
+                f"the {fmt} export disagrees with the PyTorch model: largest probability difference "
+                f"{diff:.2e} > {PARITY_TOLERANCE:g} over {len(kept)} images; nothing was written"
+            )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportReport(out, fmt, diff, len(kept), agree, time.perf_counter() - t0)
+
+
+def _check_samples(learn: Learner, check: Sequence[str | Path] | None) -> list[Sample]:
+    if check:
+        files = expand_paths(check)
+    else:
+        if not learn.config.data or not Path(learn.config.data).is_dir():
+            raise GraftError("no images to check the export on: pass --check IMAGES")
+        files = [s.path for s in eval_samples(learn.config.data, None, learn.classes, learn.split)[0]]
+    return [Sample(p, None) for p in files[:MAX_CHECK_IMAGES]]
+
+
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, meta: str) -> None:
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's own deprecation and tracing chatter
+        try:
+            program = torch.onnx.export(
+                model,
+                (example,),
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_shapes=({0: batch},),
+                dynamo=True,
+                verbose=False,
+            )
+        except Exception as e:  # the exporter raises many types; the message says what failed
+            raise GraftError(f"ONNX export failed: {str(e).strip().splitlines()[0]}") from None
+    program.save(str(path))
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, meta
+    onnx.save(proto, str(path))
+
+
+def _exported_probs(fmt: str, path: Path, learn: Learner, samples: list[Sample]) -> np.ndarray:
+    """Probabilities from the exported file: ONNX through its own NumPy preprocessing (the whole
+    contract is checked), TorchScript through graft's transforms."""
+    if fmt == "onnx":
+        from graft.export.onnx_runtime import OnnxClassifier
+
+        _, probs = OnnxClassifier(path, providers=["CPUExecutionProvider"]).predict_probs(
+            [s.path for s in samples]
+        )
+        return probs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.load(str(path), map_location="cpu")
+    probs, _ = predict_probs(
+        scripted,
+        learn.spec,
+        learn.preprocessing,
+        samples,
+        torch.device("cpu"),
+        precision="fp32",
+        fast=scripted,
+    )
+    return probs
