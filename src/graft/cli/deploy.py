@@ -1,4 +1,5 @@
-"""``graft export``: a model file for other runtimes, checked against PyTorch before it is written."""
+"""``graft export`` (a model file for other runtimes, checked against PyTorch before it is written)
+and ``graft serve`` (an HTTP API and a web page)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from graft.serving.app import serve
+
+    print(f"serving {args.run} on http://{args.host}:{args.port}/  (Ctrl-C stops)")
+    serve(
+        args.run,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        max_upload_mb=args.max_upload_mb,
+        max_batch=args.max_batch,
+    )
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Register export on the ``graft`` parser."""
+    """Register export and serve on the ``graft`` parser."""
     p = sub.add_parser("export", help="export a run to ONNX or TorchScript, checked against PyTorch")
     p.add_argument("run", help="run folder written by graft train")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="default: onnx")
@@ -35,3 +51,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="images or folders for the parity check (default: the run's test or val split)",
     )
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="HTTP API (POST /predict) and a web page for a run")
+    p.add_argument("run", help="run folder written by graft train")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default: 20)")
+    p.add_argument(
+        "--max-batch", type=int, default=16, help="most images per forward pass across requests (default: 16)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=cmd_serve)

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from graft.config import DEFAULT_LR, TrainConfig
 from graft.data.dataset import ImageData, Sample
 from graft.data.selection import eval_samples, expand_paths
-from graft.data.transforms import Preprocessing
+from graft.data.transforms import Preprocessing, eval_transform
 from graft.errors import GraftError
 from graft.evaluation.inference import predict_probs
 from graft.evaluation.interpret import Interpretation
@@ -35,7 +36,7 @@ from graft.models.fuse import inference_model
 from graft.training.features import feature_head
 from graft.training.fit import fit
 from graft.training.lr_find import LRFind, lr_find
-from graft.training.runtime import resolve_precision, seed_everything, select_device
+from graft.training.runtime import autocast, channels_last, resolve_precision, seed_everything, select_device
 
 
 class Learner:
@@ -302,6 +303,18 @@ class Learner:
             tta=tta,
         )
         return [samples[i].path for i in kept], probs
+
+    @torch.inference_mode()
+    def predict_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Class probabilities (rows in input order) for decoded RGB images held in memory, as
+        a server receives them; preprocessing as in :meth:`predict_probs`, in one batch."""
+        if not images:
+            return np.zeros((0, len(self.classes)))
+        transform = eval_transform(self.preprocessing)
+        x = channels_last(torch.stack([transform(im) for im in images]).to(self.device))
+        with autocast(self.device, self.precision):
+            logits = self._inference_model()(x)
+        return torch.softmax(logits.double(), dim=1).cpu().numpy()
 
     def _inference_model(self) -> torch.nn.Module:
         """The BatchNorm-folded copy used for prediction, rebuilt only when the weights changed

@@ -1,0 +1,114 @@
+"""graft serve: the API on a really trained (tiny) run, through FastAPI's client and a live server."""
+
+import asyncio
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from graft import load_learner
+from graft.serving.app import create_app
+
+
+@pytest.fixture(scope="module")
+def client(run):
+    with TestClient(create_app(run[1], device="cpu", max_upload_mb=2, max_files=4)) as c:
+        yield c
+
+
+def upload(*paths):
+    return [("file", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
+
+
+def test_health_info_and_page(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    info = client.get("/info").json()
+    assert info["classes"] == ["blue", "green", "red"]
+    assert info["preprocessing"]["input_size"] == 32 and info["limits"]["max_upload_mb"] == 2
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="file"' in page.text and "blue, green, red" in page.text
+
+
+def test_predictions_match_the_learner(run, client):
+    root, out = run
+    files = sorted((root / "val").rglob("*.jpg"))[:4]
+    response = client.post("/predict?top_k=3", files=upload(*files))
+    assert response.status_code == 200
+    predictions = response.json()["predictions"]
+    assert [p["filename"] for p in predictions] == [f.name for f in files]  # order kept
+    _, probs = load_learner(out, device="cpu").predict_probs(files)
+    classes = ["blue", "green", "red"]
+    for p, row in zip(predictions, probs, strict=True):
+        assert p["label"] == classes[int(row.argmax())]
+        assert [t["label"] for t in p["top"]] == [classes[j] for j in np.argsort(-row)]
+        assert p["prob"] == pytest.approx(float(row.max()), abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "status", "message"),
+    [
+        ("notes.jpg", lambda good: b"just some text, not an image", 415, "not an image"),
+        ("half.jpg", lambda good: good[: len(good) // 2], 422, "could not be decoded"),
+        ("empty.jpg", lambda good: b"", 400, "empty file"),
+        ("huge.jpg", lambda good: good + b"\0" * 50_000_000, 413, "limit"),
+        ("anim.ico", lambda good: _ico(), 415, "format ICO not accepted"),
+    ],
+)
+def test_bad_uploads_get_4xx_json_and_the_server_keeps_serving(run, client, name, make, status, message):
+    good_file = sorted((run[0] / "val").rglob("*.jpg"))[0]
+    good = good_file.read_bytes()
+    response = client.post("/predict", files=[("file", (name, make(good), "image/jpeg"))])
+    assert response.status_code == status and message in response.json()["error"]
+    assert client.post("/predict", files=upload(good_file)).status_code == 200
+
+
+def _ico() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 200, 10)).save(buf, format="ICO")
+    return buf.getvalue()
+
+
+def test_requests_that_are_not_image_uploads(client, run):
+    assert client.post("/predict", content=b"raw", headers={"content-type": "image/jpeg"}).status_code == 415
+    response = client.post("/predict", data={"note": "no file"}, files={"other": ("", b"")})
+    assert response.status_code in (400, 415) and "error" in response.json()
+    many = sorted((run[0] / "val").rglob("*.jpg"))[:5]  # the app allows 4 per request
+    response = client.post("/predict", files=upload(*many))
+    assert response.status_code == 400 and "Maximum number of files is 4" in response.json()["error"]
+    response = client.post("/predict?top_k=many", files=upload(many[0]))
+    assert response.status_code == 422 and "top_k" in response.json()["error"]
+    assert client.get("/nowhere").json() == {"error": "Not Found"}
+
+
+def test_concurrent_requests_share_forward_passes(run):
+    files = sorted((run[0] / "val").rglob("*.jpg"))
+    app = create_app(run[1], device="cpu", max_wait_ms=200)
+    with TestClient(app) as c, ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda f: c.post("/predict", files=upload(f)).status_code, files[:8]))
+        batcher = app.state.batcher
+    assert codes == [200] * 8
+    assert batcher.images == 8 and batcher.batches < 8
+
+
+def test_bounded_load_on_loopback_has_no_server_errors(run, live_server):
+    files = sorted((run[0] / "val").rglob("*.jpg"))
+    bodies = [f.read_bytes() for f in files]
+
+    async def hammer() -> list[int]:
+        limit = asyncio.Semaphore(8)
+        async with httpx.AsyncClient(base_url=live_server, timeout=60) as http:
+
+            async def one(i: int) -> int:
+                async with limit:
+                    body = bodies[i % len(bodies)]
+                    r = await http.post("/predict", files=[("file", (f"{i}.jpg", body, "image/jpeg"))])
+                    return r.status_code
+
+            return await asyncio.gather(*(one(i) for i in range(120)))
+
+    codes = asyncio.run(hammer())
+    assert codes.count(200) == 120
