@@ -62,6 +62,24 @@ def test_hymenoptera_report_agrees_with_evaluate_and_renders_in_chromium(hymenop
     assert_renders(out / "report.html", tmp_path / "screenshot.png")
 
 
+def test_onnx_export_of_hymenoptera_matches_pytorch(hymenoptera_run, tmp_path):
+    data, run = hymenoptera_run
+    onnx_file = tmp_path / "model.onnx"
+    proc = graft("export", str(run), "--out", str(onnx_file))
+    found = re.search(
+        r"parity with PyTorch on (\d+) images: largest probability difference ([0-9.e+-]+)", proc.stdout
+    )
+    assert found and int(found.group(1)) == 153, proc.stdout
+    assert float(found.group(2)) <= 1e-4
+    onnx_csv, torch_csv = tmp_path / "onnx.csv", tmp_path / "torch.csv"
+    graft("predict", "--onnx", str(onnx_file), str(data / "val"), "--csv", str(onnx_csv))
+    graft("predict", str(run), str(data / "val"), "--csv", str(torch_csv))
+    with open(onnx_csv) as a, open(torch_csv) as b:
+        onnx_rows, torch_rows = list(csv.DictReader(a)), list(csv.DictReader(b))
+    assert len(onnx_rows) == 153
+    assert [(r["path"], r["label"]) for r in onnx_rows] == [(r["path"], r["label"]) for r in torch_rows]
+
+
 def test_auto_lr_lands_within_2_points_of_the_default(hymenoptera_run, tmp_path):
     data, run = hymenoptera_run
     proc = graft("train", str(data), "--lr", "auto", "--out", str(tmp_path / "auto"), "--no-report")
