@@ -112,3 +112,11 @@ def test_bounded_load_on_loopback_has_no_server_errors(run, live_server):
 
     codes = asyncio.run(hammer())
     assert codes.count(200) == 120
+
+
+def test_the_same_app_serves_again_after_a_restart(run):
+    app = create_app(run[1], device="cpu")
+    image = sorted((run[0] / "val").rglob("*.jpg"))[0]
+    for _ in range(2):  # each TestClient runs the lifespan on a new event loop
+        with TestClient(app) as c:
+            assert c.post("/predict", files=upload(image)).status_code == 200

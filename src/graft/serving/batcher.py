@@ -33,13 +33,15 @@ class Batcher:
         max_wait: float = 0.005,
     ) -> None:
         self.predict, self.max_batch, self.max_wait = predict, max_batch, max_wait
-        self.queue: asyncio.Queue[tuple[list[Image.Image], asyncio.Future]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[list[Image.Image], asyncio.Future]] | None = None
         self.batches = 0
         self.images = 0
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        """Start the batching task on the running event loop."""
+        """Start the batching task on the running event loop (a new queue each time, so the app
+        can be started again on another loop, as test clients do)."""
+        self.queue = asyncio.Queue()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -51,6 +53,8 @@ class Batcher:
 
     async def __call__(self, images: list[Image.Image]) -> np.ndarray:
         """Probabilities for ``images`` (one request's), computed alongside other requests'."""
+        if self.queue is None:
+            raise RuntimeError("Batcher.start() was not called (the app's lifespan starts it)")
         future = asyncio.get_running_loop().create_future()
         await self.queue.put((images, future))
         return await future
