@@ -118,5 +118,7 @@ def test_the_same_app_serves_again_after_a_restart(run):
     app = create_app(run[1], device="cpu")
     image = sorted((run[0] / "val").rglob("*.jpg"))[0]
     for _ in range(2):  # each TestClient runs the lifespan on a new event loop
-        with TestClient(app) as c:
-            assert c.post("/predict", files=upload(image)).status_code == 200
+        with TestClient(app) as c, ThreadPoolExecutor(1) as pool:
+            # A queue left bound to the first loop would hang the request: fail instead.
+            response = pool.submit(c.post, "/predict", files=upload(image)).result(timeout=60)
+            assert response.status_code == 200
