@@ -129,3 +129,6 @@ def test_cli_export_and_predict_with_onnx_without_torch(run, tmp_path, capsys):
     torch_rows = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
     assert [r[0] for r in onnx_rows] == [r[0] for r in torch_rows]
     assert [r[1].split()[0] for r in onnx_rows] == [r[1].split()[0] for r in torch_rows]
+    # A RUN ending in .onnx needs no --onnx.
+    assert main(["predict", str(target), str(root / "val"), "--top-k", "2"]) == 0
+    assert capsys.readouterr().out.strip().splitlines() == lines[:-1]

@@ -118,7 +118,11 @@ def test_the_same_app_serves_again_after_a_restart(run):
     app = create_app(run[1], device="cpu")
     image = sorted((run[0] / "val").rglob("*.jpg"))[0]
     for _ in range(2):  # each TestClient runs the lifespan on a new event loop
-        with TestClient(app) as c, ThreadPoolExecutor(1) as pool:
+        with TestClient(app) as c:
             # A queue left bound to the first loop would hang the request: fail instead.
-            response = pool.submit(c.post, "/predict", files=upload(image)).result(timeout=60)
+            pool = ThreadPoolExecutor(1)
+            try:
+                response = pool.submit(c.post, "/predict", files=upload(image)).result(timeout=60)
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
             assert response.status_code == 200

@@ -117,20 +117,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from graft.evaluation.predictions import top_k
     from graft.fileio import atomic_write_text
 
-    if args.onnx:
+    if args.onnx or (args.run.endswith(".onnx") and Path(args.run).is_file()):
         # onnxruntime with NumPy preprocessing: torch is never imported on this path.
         from graft.export.onnx_runtime import OnnxClassifier
 
         if tta_from_args(args):
             raise GraftError("--tta is not available with --onnx")
-        model = OnnxClassifier(args.onnx)
+        model = OnnxClassifier(args.run)
         classes = model.classes
-        paths, probs = model.predict_probs([args.run, *args.paths])
+        paths, probs = model.predict_probs(args.paths)
     else:
         from graft.training.learner import load_learner
 
-        if not args.paths:
-            raise GraftError("give the images or folders to predict after the run folder")
         learn = load_learner(args.run, device=args.device)
         classes = learn.classes
         paths, probs = learn.predict_probs(args.paths, tta=tta_from_args(args))
@@ -258,9 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict classes of image files or folders")
-    p.add_argument("run", help="run folder written by graft train (with --onnx: the first image or folder)")
-    p.add_argument("paths", nargs="*", help="image files and/or folders (searched recursively)")
-    p.add_argument("--onnx", metavar="FILE", help="predict with this exported ONNX model on onnxruntime")
+    p.add_argument("run", help="run folder written by graft train, or (with --onnx) an exported .onnx file")
+    p.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="RUN is a .onnx file from graft export: predict on onnxruntime, without torch "
+        "(implied by a RUN ending in .onnx)",
+    )
     p.add_argument("--top-k", type=int, default=1, help="classes to report per image (default: 1)")
     p.add_argument("--csv", help="write path,label,prob (+ label_N,prob_N for top-k) to this CSV")
     p.add_argument("--submission", help="write a Kaggle-style submission CSV (id = file stem)")
