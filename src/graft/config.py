@@ -137,13 +137,19 @@ class TrainConfig:
     step_size: int = field(default=7, metadata=_opt("step schedule: epochs between decays"))
     gamma: float = field(default=0.1, metadata=_opt("step schedule: decay factor"))
     label_smoothing: float = field(default=0.0, metadata=_opt("label smoothing of the cross-entropy loss"))
-    batch_size: int = field(default=32, metadata=_opt("images per batch"))
+    batch_size: int = field(
+        default=32, metadata=_opt("images per optimizer step (under torchrun: over all processes together)")
+    )
     monitor: str = field(
         default="val_acc",
         metadata=_opt("metric that picks the best checkpoint (ties: lower loss)", choices=MONITORS),
     )
     patience: int | None = field(
         default=None, metadata=_opt("stop a phase after this many epochs without improvement")
+    )
+    sync_bn: bool = field(
+        default=False,
+        metadata=_opt("under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)"),
     )
     aux_weight: float = field(default=0.4, metadata=_opt("weight of auxiliary-logit losses (inception)"))
     seed: int = field(default=0, metadata=_opt("random seed (splits, init, shuffling, augmentation)"))

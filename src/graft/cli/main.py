@@ -28,17 +28,23 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from graft.cli.config_args import config_from_args
+    from graft.training import distributed
     from graft.training.learner import Learner
 
     raw = config_from_args(args)
     # Resolving now fails fast on bad options; fit resolves again once it knows whether the
     # model's frozen epochs can run on cached features (which changes the epoch defaults).
     cfg = raw.resolved()
+    ranks = distributed.init_from_env(cfg.device)  # a world of one unless torchrun started us
+    if not ranks.is_main:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 prints the one log
     out = Path(cfg.out or f"runs/{Path(cfg.data).resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(distributed.broadcast(str(out)))  # rank 0's clock names the run
     _check_no_run(out, args.overwrite)
     cfg.out = str(out)
     learn = Learner.from_config(cfg)
-    _check_writable(out)  # after the data loaded, so bad data leaves no empty run folder behind
+    if ranks.is_main:
+        _check_writable(out)  # after the data loaded, so bad data leaves no empty run folder behind
     data = learn.data
     print(f"data: {data.root} (layout: {data.layout}, {len(data.classes)} classes)")
     print(data.summary())
@@ -50,8 +56,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"model: {spec.source}:{spec.arch} ({'pretrained' if cfg.pretrained else 'random init'}), "
         f"input {pre.input_size}px {pre.interpolation}, mean {_fmt(pre.mean)}, std {_fmt(pre.std)}, "
         f"mode {cfg.mode}, device {learn.device}"
+        + (f" × {ranks.size} processes ({distributed.backend()})" if ranks.enabled else "")
     )
     learn.fit(dataclasses.replace(raw, out=str(out)))
+    distributed.shutdown()
+    if not ranks.is_main:
+        return 0  # rank 0 evaluates, saves and reports
     labeled_test = bool(data.splits.get("test")) and all(s.label is not None for s in data.splits["test"])
     split = "test" if labeled_test else "val" if data.splits.get("val") else None
     interp = learn.interpret(split=split) if split and (labeled_test or cfg.report) else None

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from graft.data.dataset import Sample
 from graft.data.images import load_image
@@ -73,8 +73,9 @@ def _cores() -> int:
 
 
 def default_workers() -> int:
-    """DataLoader workers for training (0 on a single core, else min(cores, 8))."""
-    cores = _cores()
+    """DataLoader workers for training: min(cores, 8), 0 on a single core. The cores are shared
+    with the other processes of a torchrun launch on this machine (``LOCAL_WORLD_SIZE``)."""
+    cores = _cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return 0 if cores <= 1 else min(cores, 8)
 
 
@@ -99,17 +100,29 @@ def make_loader(
     min_size: int | None = None,
     pin_memory: bool = False,
     drop_last: bool = False,
+    shards: tuple[int, int] | None = None,
 ) -> DataLoader:
     """A DataLoader yielding :class:`Batch`. Shuffling is seeded (repeatable); workers persistent.
 
     The seeded generator also fixes the workers' base seed, so random augmentations in worker
     processes repeat from run to run too.
+
+    Args:
+        shards: ``(rank, world size)`` to load only this rank's part of ``samples`` through a
+            DistributedSampler (seeded like the shuffle; call ``loader.sampler.set_epoch(e)``
+            each epoch). Its parts have equal lengths: a few samples repeat to even them out, and
+            ``Batch.indices`` tells them apart.
     """
     workers = default_workers() if workers is None else max(0, int(workers))
+    sampler = None
+    if shards is not None:
+        rank, size = shards
+        sampler = DistributedSampler(samples, num_replicas=size, rank=rank, shuffle=shuffle, seed=seed)
     return DataLoader(
         ImageFileDataset(samples, transform, min_size),
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,

@@ -35,6 +35,7 @@ from graft.errors import GraftError
 from graft.models import ModelSpec
 from graft.models.fuse import inference_model
 from graft.training.cache import FeatureCache, file_hash, tensor_hash
+from graft.training.distributed import all_gather, broadcast, quiet, shard, unshard, world
 from graft.training.loop import EpochStats, check_finite
 from graft.training.runtime import autocast, channels_last
 
@@ -236,7 +237,11 @@ def extract_features(
         for (_, views), row in zip(jobs, hashes, strict=True)
     ]
     wanted = [k for job in keys for ks in job for k in ks]
-    found = cache.get(wanted) if cache is not None else {}
+    ranks = world()
+    # Under torch.distributed rank 0 alone reads (and later writes) the cache, so every rank
+    # agrees on what is missing even when each machine has its own cache folder.
+    found = cache.get(wanted) if cache is not None and ranks.is_main else {}
+    found = broadcast(found)
     # One entry per image that still lacks a view: (job, sample index, views to compute).
     todo = [
         (j, i, [v for v, k in enumerate(ks) if k not in found])
@@ -247,14 +252,19 @@ def extract_features(
     failed: list[set[int]] = [{i for i, h in enumerate(row) if h is None} for row in hashes]
     new: dict[str, torch.Tensor] = {}
     if todo:
-        items = [(jobs[j][0][i].path, hashes[j][i], [jobs[j][1][v] for v in vs]) for j, i, vs in todo]
-        out = _compute(model, spec, pre, items, device, precision, batch_size, workers, desc)
+        # Each rank computes every size-th missing image; the parts are gathered on all ranks.
+        items = [
+            (jobs[j][0][i].path, hashes[j][i], [jobs[j][1][v] for v in vs]) for j, i, vs in shard(todo, ranks)
+        ]
+        out = _compute(model, spec, pre, items, device, precision, batch_size, workers, desc) if items else []
+        if ranks.enabled:
+            out = unshard(all_gather(out), len(todo))
         for (j, i, vs), vectors in zip(todo, out, strict=True):
             if vectors is None:
                 failed[j].add(i)
                 continue
             new.update((keys[j][i][v], vec) for v, vec in zip(vs, vectors, strict=True))
-        if cache is not None:
+        if cache is not None and ranks.is_main:
             cache.put(new)
     found.update(new)
     results = []
@@ -299,7 +309,7 @@ def _compute(
     out: list[torch.Tensor | None] = [None] * len(items)
     try:
         with torch.inference_mode():
-            for batch in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
+            for batch in tqdm(loader, desc=desc, leave=False, unit="batch", disable=quiet()):
                 ok = [(x, n) for x, n in batch if x is not None]
                 if not ok:
                     continue

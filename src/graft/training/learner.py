@@ -33,6 +33,7 @@ from graft.evaluation.predictions import Prediction, top_k
 from graft.export.bundle import load_bundle, read_history, save_bundle
 from graft.models import ModelSpec, build_model, create_model
 from graft.models.fuse import inference_model
+from graft.training.distributed import broadcast, local, world
 from graft.training.features import feature_head
 from graft.training.fit import fit
 from graft.training.lr_find import LRFind, lr_find
@@ -155,6 +156,9 @@ class Learner:
         """
         if self.data is None:
             raise GraftError("this learner has no data to train on")
+        ranks = world()
+        if not ranks.is_main:
+            log = _silent
         if "epochs" in overrides and "unfreeze_below" not in overrides:
             overrides["unfreeze_below"] = None  # asked-for epochs always run (as on the CLI)
         cfg = dataclasses.replace(config or self.config, **overrides)
@@ -164,7 +168,7 @@ class Learner:
         start = time.perf_counter()
         found = None
         if cfg.lr == "auto":
-            found = self.lr_find(cfg, log=log)
+            found = self._lr_find_once(cfg, log)
             cfg.lr = found.suggestion or DEFAULT_LR[cfg.optimizer]
             if found.suggestion is None:
                 warnings.warn(f"lr-find could not suggest a rate; using the default {cfg.lr:g}", stacklevel=2)
@@ -180,6 +184,8 @@ class Learner:
         }
         if found is not None:
             self.metrics["lr_found"] = cfg.lr
+        if ranks.enabled:
+            self.metrics["processes"] = ranks.size
         if result.stopped:
             self.metrics["stopped"] = result.stopped
         if result.skipped:
@@ -188,6 +194,17 @@ class Learner:
             kept = result.history[result.best_epoch - 1]
             self.metrics.update(val_loss=kept["val_loss"], val_acc=kept["val_acc"])
         return self.history
+
+    def _lr_find_once(self, cfg: TrainConfig, log: Callable[[str], None]) -> LRFind:
+        """The range test; under torch.distributed rank 0 runs it alone and tells the others."""
+        ranks = world()
+        if not ranks.enabled:
+            return self.lr_find(cfg, log=log)
+        found = None
+        if ranks.is_main:
+            with local():
+                found = self.lr_find(cfg, log=log)
+        return broadcast(found)
 
     def lr_find(
         self,
@@ -343,6 +360,10 @@ class Learner:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         return save_bundle(run_dir, self.model.state_dict(), meta, self.history)
+
+
+def _silent(line: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def load_learner(run_dir: str | Path, device: str = "auto") -> Learner:

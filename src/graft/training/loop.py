@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from graft.data.loaders import Batch
 from graft.errors import GraftError
+from graft.training.distributed import all_sum, quiet, world
 from graft.training.runtime import autocast, channels_last
 
 
@@ -60,16 +61,24 @@ def train_epoch(
 ) -> EpochStats:
     """One pass over ``loader`` with an optimizer and scheduler step per batch.
 
+    Under torch.distributed ``model`` is the DistributedDataParallel wrapper and every rank must
+    take the same steps: a batch in which one rank could decode no image is skipped by all.
+    The statistics returned are this rank's; the caller sums them over ranks.
+
     Raises:
         GraftError: If the loss becomes NaN or infinite (the caller keeps the best weights so far).
     """
     stats = EpochStats()
     total_loss, correct = 0.0, 0
-    bar = tqdm(loader, desc=desc, leave=False, unit="batch", disable=None)
+    ranks = world()
+    bar = tqdm(loader, desc=desc, leave=False, unit="batch", disable=quiet())
     for batch in bar:
         batch: Batch
         stats.failed += batch.failed
-        if batch.images.numel() == 0:
+        empty = batch.images.numel() == 0
+        if ranks.enabled:
+            empty = all_sum([float(empty)])[0] > 0
+        if empty:
             continue
         x = channels_last(batch.images.to(device, non_blocking=True))
         y = batch.labels.to(device, non_blocking=True)
@@ -94,15 +103,18 @@ def train_epoch(
 
 
 def check_finite(loss: torch.Tensor, desc: str) -> None:
-    """Stop on a NaN or infinite loss.
+    """Stop on a NaN or infinite loss (on any rank: then every rank stops at the same step).
 
     Raises:
         GraftError: Naming the epoch; the caller keeps the best weights so far.
     """
-    if not math.isfinite(loss.item()):
-        raise GraftError(
-            f"loss became {loss.item()} during {desc}; lower --lr (the best weights so far are kept)"
-        )
+    value = loss.item()
+    bad = not math.isfinite(value)
+    if world().enabled:
+        bad = all_sum([float(bad)])[0] > 0
+    if bad:
+        what = f"became {value}" if not math.isfinite(value) else "became non-finite on another process"
+        raise GraftError(f"loss {what} during {desc}; lower --lr (the best weights so far are kept)")
 
 
 @torch.inference_mode()
@@ -121,7 +133,7 @@ def infer(
     """
     model.eval()
     outs, idx, failed = [], [], []
-    for batch in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
+    for batch in tqdm(loader, desc=desc, leave=False, unit="batch", disable=quiet()):
         batch: Batch
         failed += batch.failed
         if batch.images.numel() == 0:

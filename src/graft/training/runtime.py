@@ -10,17 +10,20 @@ import torch
 
 from graft.config import PRECISIONS
 from graft.errors import GraftError
+from graft.training.distributed import world
 
 
 def select_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple's MPS, then the CPU; other names are checked.
+
+    Under torchrun, ``cuda`` means this rank's GPU (``cuda:LOCAL_RANK``).
 
     Raises:
         GraftError: For a device that is not available here.
     """
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return _this_gpu()
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -30,9 +33,17 @@ def select_device(name: str = "auto") -> torch.device:
         raise GraftError(f"unknown device '{name}'; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GraftError(f"device '{name}' asked for, but CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is None:
+        return _this_gpu()
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise GraftError("device 'mps' asked for, but MPS is not available on this machine")
     return device
+
+
+def _this_gpu() -> torch.device:
+    if world().enabled:
+        return torch.device("cuda", torch.cuda.current_device())  # init_from_env set it to LOCAL_RANK
+    return torch.device("cuda")
 
 
 def seed_everything(seed: int) -> None:
