@@ -199,3 +199,12 @@ def test_hymenoptera_two_processes_within_2_points_of_one(tmp_path):
     assert ddp["metrics"]["processes"] == 2 and "processes" not in one["metrics"]
     assert abs(ddp["metrics"]["val_acc"] - one["metrics"]["val_acc"]) <= 0.02
     assert one["metrics"]["val_acc"] >= 0.94
+
+
+def test_other_commands_refuse_to_run_under_torchrun(monkeypatch, capsys):
+    from graft.cli.main import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["models", "resnet18"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("graft: error: only 'graft train' runs under torchrun") and err.count("\n") == 1

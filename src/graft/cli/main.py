@@ -316,6 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # N copies of another command would each do the whole job and write the same files.
+            raise GraftError(
+                f"only 'graft train' runs under torchrun; run 'graft {args.command}' as one process "
+                "(to split a large prediction over processes, use graft predict --shard i/n)"
+            )
         return args.func(args)
     except GraftError as e:
         print(f"graft: error: {e}", file=sys.stderr)
