@@ -6,7 +6,8 @@ what this rank did.
 
 Each rank writes ``RECORD_DIR/rank<r>.json`` at the end with:
 
-* ``loaded``: the image files its training/validation loaders decoded, per loader kind;
+* ``loaded``: the image files its training/validation loaders decoded, per loader kind, and
+  (``train``) a digest of the weights fit ended with;
 * ``writes``: every file-system change it made under ``WATCH_DIR`` (seen by an audit hook:
   opening for writing, creating folders, renaming, deleting);
 * for ``step``: the model's weights after one training epoch, as lists.
@@ -65,6 +66,25 @@ def record_loads() -> None:
     features._ViewDataset.__getitem__ = views
 
 
+def record_weights() -> None:
+    """Note a digest of the weights that fit leaves in the model, to compare ranks."""
+    import hashlib
+
+    from graft.training import learner
+
+    fit = learner.fit
+
+    def recording_fit(model, *args, **kwargs):
+        result = fit(model, *args, **kwargs)
+        h = hashlib.sha256()
+        for k, v in model.state_dict().items():
+            h.update(k.encode() + v.detach().cpu().contiguous().numpy().tobytes())
+        loaded["weights"] = [h.hexdigest()]
+        return result
+
+    learner.fit = recording_fit
+
+
 def one_step(data: str) -> dict:
     """One epoch of ImagePass on a random-init resnet18 in eval mode (no dropout, fixed
     BatchNorm statistics): with one global batch per epoch, the result must not depend on how
@@ -112,6 +132,8 @@ def main() -> int:
     code = 0
     if MODE == "train":
         from graft.cli.main import main as graft_main
+
+        record_weights()
 
         code = graft_main(["train", *ARGS])
     else:

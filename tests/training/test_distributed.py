@@ -142,6 +142,7 @@ def test_torchrun_train_splits_the_data_and_only_rank_0_writes(tmp_path):
     assert proc.stdout.count("epoch  phase") == 1  # one log, from rank 0
     assert "× 2 processes (gloo)" in proc.stdout
     r0, r1 = records(tmp_path / "rec")
+    assert r0["loaded"]["weights"] == r1["loaded"]["weights"]  # the ranks end with the same model
     assert r1["writes"] == [], r1["writes"]
     assert any(w.endswith("graft.json") for w in r0["writes"])
     assert any(str(cache) in w for w in r0["writes"])
