@@ -6,8 +6,14 @@ import argparse
 import csv
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from graft.errors import GraftError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from graft.evaluation.predictions import Prediction
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -37,20 +43,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     show = (not args.csv and not args.submission) or args.print
     submission: list[list[str]] = []
 
-    def on_chunk(preds: list, probs) -> None:
-        if args.submission_format == "probs":
+    def on_chunk(preds: list[Prediction], probs: np.ndarray) -> None:
+        if args.submission and args.submission_format == "probs":
             submission.extend(
                 [Path(p.path).stem, *(f"{v:.6g}" for v in row)]
                 for p, row in zip(preds, probs.tolist(), strict=True)
             )
-        else:
+        elif args.submission:
             submission.extend([Path(p.path).stem, p.label] for p in preds)
-        if show:
-            for pred in preds:
-                top = "  ".join(
-                    f"{label} {prob:.3f}" for label, prob in zip(pred.labels, pred.probs, strict=True)
-                )
-                print(f"{pred.path}\t{top}", flush=True)
+        if show and preds:
+            lines = (
+                f"{pred.path}\t"
+                + "  ".join(f"{c} {p:.3f}" for c, p in zip(pred.labels, pred.probs, strict=True))
+                for pred in preds
+            )
+            print("\n".join(lines), flush=True)  # one chunk at a time, as it is predicted
 
     result = predict_to_csv(
         model,
