@@ -132,3 +132,34 @@ def test_cli_export_and_predict_with_onnx_without_torch(run, tmp_path, capsys):
     # A RUN ending in .onnx needs no --onnx.
     assert main(["predict", str(target), str(root / "val"), "--top-k", "2"]) == 0
     assert capsys.readouterr().out.strip().splitlines() == lines[:-1]
+
+
+def test_onnx_predictions_stream_shard_and_resume_without_torch(run, onnx_file, tmp_path):
+    root, _ = run
+    model, val, full = str(onnx_file.path), str(root / "val"), tmp_path / "full.csv"
+    parts = [tmp_path / "p0.csv", tmp_path / "p1.csv"]
+    resumed, merged = tmp_path / "resumed.csv", tmp_path / "merged.csv"
+    calls = [
+        ["predict", model, val, "--top-k", "2", "--csv", str(full)],
+        *(
+            ["predict", model, val, "--top-k", "2", "--csv", str(p), "--shard", f"{i}/2"]
+            for i, p in enumerate(parts)
+        ),
+        ["merge-predictions", *map(str, parts), "--out", str(merged)],
+        ["predict", model, val, "--top-k", "2", "--csv", str(resumed), "--resume", "--chunk-size", "2"],
+    ]
+    code = (
+        "import sys; from pathlib import Path; from graft.cli.main import main\n"
+        f"for argv in {calls!r}:\n"
+        "    if '--resume' in argv:  # a run killed in the middle of a row\n"
+        f"        text = Path({str(full)!r}).read_text()\n"
+        f"        Path({str(resumed)!r}).write_text(text[: text.index(chr(10), 200) + 9])\n"
+        "    assert main(argv) == 0\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "NO-TORCH"
+    assert full.read_text().count("\n") == 1 + 9
+    assert merged.read_bytes() == full.read_bytes() == resumed.read_bytes()
+    assert "dropped a half-written last line" in proc.stderr

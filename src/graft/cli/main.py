@@ -7,9 +7,7 @@ becomes one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import json
 import os
 import sys
@@ -122,70 +120,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from graft.cli.analysis import tta_from_args
-    from graft.evaluation.predictions import top_k
-    from graft.fileio import atomic_write_text
-
-    if args.onnx or (args.run.endswith(".onnx") and Path(args.run).is_file()):
-        # onnxruntime with NumPy preprocessing: torch is never imported on this path.
-        from graft.export.onnx_runtime import OnnxClassifier
-
-        if tta_from_args(args):
-            raise GraftError("--tta is not available with --onnx")
-        model = OnnxClassifier(args.run)
-        classes = model.classes
-        paths, probs = model.predict_probs(args.paths)
-    else:
-        from graft.training.learner import load_learner
-
-        learn = load_learner(args.run, device=args.device)
-        classes = learn.classes
-        paths, probs = learn.predict_probs(args.paths, tta=tta_from_args(args))
-    preds = top_k(probs, paths, classes, args.top_k)
-    rows = []
-    for pred in preds:
-        row = {"path": str(pred.path), "label": pred.label, "prob": f"{pred.prob:.6f}"}
-        for j, (label, prob) in enumerate(zip(pred.labels[1:], pred.probs[1:], strict=True), start=2):
-            row[f"label_{j}"], row[f"prob_{j}"] = label, f"{prob:.6f}"
-        rows.append(row)
-    if args.csv:
-        atomic_write_text(args.csv, _to_csv(rows))
-        print(f"wrote {len(rows)} predictions to {args.csv}")
-    if args.submission:
-        if args.submission_format == "probs":
-            header = ["id", *classes]
-            sub = [
-                [Path(p).stem, *(f"{v:.6g}" for v in r)] for p, r in zip(paths, probs.tolist(), strict=True)
-            ]
-        else:
-            header = ["id", "label"]
-            sub = [[Path(r["path"]).stem, r["label"]] for r in rows]
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(sub)
-        atomic_write_text(args.submission, buf.getvalue())
-        print(f"wrote a {args.submission_format} submission of {len(sub)} rows to {args.submission}")
-    if (not args.csv and not args.submission) or args.print:
-        for pred in preds:
-            top = "  ".join(
-                f"{label} {prob:.3f}" for label, prob in zip(pred.labels, pred.probs, strict=True)
-            )
-            print(f"{pred.path}\t{top}")
-    return 0
-
-
-def _to_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(
-        buf, fieldnames=list(rows[0]) if rows else ["path", "label", "prob"], lineterminator="\n"
-    )
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def cmd_models(args: argparse.Namespace) -> int:
     from graft.models import list_architectures
 
@@ -243,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     from graft.cli.analysis import add_tta_argument
     from graft.cli.config_args import add_config_arguments
     from graft.cli.deploy import add_commands as add_deploy_commands
+    from graft.cli.predict import add_commands as add_predict_commands
 
     parser = argparse.ArgumentParser(
         prog="graft",
@@ -265,29 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="predict classes of image files or folders")
-    p.add_argument("run", help="run folder written by graft train, or (with --onnx) an exported .onnx file")
-    p.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
-    p.add_argument(
-        "--onnx",
-        action="store_true",
-        help="RUN is a .onnx file from graft export: predict on onnxruntime, without torch "
-        "(implied by a RUN ending in .onnx)",
-    )
-    p.add_argument("--top-k", type=int, default=1, help="classes to report per image (default: 1)")
-    p.add_argument("--csv", help="write path,label,prob (+ label_N,prob_N for top-k) to this CSV")
-    p.add_argument("--submission", help="write a Kaggle-style submission CSV (id = file stem)")
-    p.add_argument(
-        "--submission-format",
-        choices=("probs", "label"),
-        default="probs",
-        help="probs: one probability column per class; label: id,label (default: probs)",
-    )
-    p.add_argument("--print", action="store_true", help="also print predictions when writing files")
-    add_tta_argument(p)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.set_defaults(func=cmd_predict)
-
+    add_predict_commands(sub)
     add_analysis_commands(sub)
     add_deploy_commands(sub)
 

@@ -69,10 +69,18 @@ class OnnxClassifier:
         x = np.asarray(crop, dtype=np.float32).transpose(2, 0, 1) / 255.0
         return (x - self.mean) / self.std
 
-    def predict_batch(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Class probabilities (float64) for decoded RGB images."""
+    def predict_batch(self, images: Sequence[Image.Image], pad_to: int = 0) -> np.ndarray:
+        """Class probabilities (float64) for decoded RGB images.
+
+        ``pad_to`` runs the session on at least that many rows (copies of the last image) and
+        drops the extra ones, so an image's result does not depend on how many it was batched
+        with (kernels may differ with the batch size, as PyTorch's CPU convolutions do).
+        """
         x = np.stack([self.preprocess(im) for im in images]).astype(np.float32)
-        logits = self.session.run(None, {self.input_name: x})[0].astype(np.float64)
+        n = len(x)
+        if n < pad_to:
+            x = np.concatenate([x, np.repeat(x[-1:], pad_to - n, axis=0)])
+        logits = self.session.run(None, {self.input_name: x})[0][:n].astype(np.float64)
         logits -= logits.max(1, keepdims=True)
         e = np.exp(logits)
         return e / e.sum(1, keepdims=True)
@@ -89,7 +97,7 @@ class OnnxClassifier:
 
         def flush() -> None:
             if batch:
-                rows.append(self.predict_batch([im for _, im in batch]))
+                rows.append(self.predict_batch([im for _, im in batch], pad_to=batch_size))
                 kept.extend(p for p, _ in batch)
                 batch.clear()
 
