@@ -114,7 +114,7 @@ def make_loader(
             ``Batch.indices`` tells them apart.
     """
     workers = default_workers() if workers is None else max(0, int(workers))
-    sampler = None
+    sampler, rank = None, 0
     if shards is not None:
         rank, size = shards
         sampler = DistributedSampler(samples, num_replicas=size, rank=rank, shuffle=shuffle, seed=seed)
@@ -127,6 +127,7 @@ def make_loader(
         collate_fn=collate,
         pin_memory=pin_memory,
         drop_last=drop_last,
-        generator=torch.Generator().manual_seed(seed),
+        # Under DistributedSampler this only seeds the workers: each rank its own augmentations.
+        generator=torch.Generator().manual_seed(seed + 1_000_003 * rank),
         persistent_workers=workers > 0,
     )

@@ -23,7 +23,7 @@ import copy
 import datetime
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -80,6 +80,15 @@ def local() -> Iterator[None]:
         yield
     finally:
         _alone = before
+
+
+def main_only(log: Callable[[str], None]) -> Callable[[str], None]:
+    """``log`` on rank 0; a log that drops every line on the other ranks."""
+    return log if world().is_main else _drop
+
+
+def _drop(line: str) -> None:
+    pass
 
 
 def quiet() -> bool | None:

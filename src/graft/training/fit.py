@@ -16,7 +16,15 @@ from graft.data.transforms import Augmentation, Preprocessing, eval_transform, t
 from graft.errors import GraftError
 from graft.models import ModelSpec, body_blocks
 from graft.training.cache import FeatureCache, default_cache_root
-from graft.training.distributed import all_gather, all_sum, broadcast, per_rank_batch, sync_bn_view, world
+from graft.training.distributed import (
+    all_gather,
+    all_sum,
+    broadcast,
+    main_only,
+    per_rank_batch,
+    sync_bn_view,
+    world,
+)
 from graft.training.features import (
     FeaturePass,
     augmented_views,
@@ -148,6 +156,8 @@ class ImagePass:
         net = self._network()
         if self.world.enabled:
             self.train_loader.sampler.set_epoch(self.epochs_run)  # a new shuffle each epoch
+            # Every rank was seeded alike; give each its own dropout and augmentation draws.
+            torch.manual_seed(self.cfg.seed + 1_000_003 * (self.epochs_run + 1) + self.world.rank)
         self.epochs_run += 1
         stats = train_epoch(
             net,
@@ -243,10 +253,6 @@ def feature_pass(
     )
 
 
-def _silent(line: str) -> None:
-    """The log of ranks other than 0."""
-
-
 def _skip_unfreeze(phase: Phase, cfg: TrainConfig, best: dict | None) -> str | None:
     """Why the unfrozen phase is not worth running, or None to run it."""
     if phase.name != "unfrozen" or cfg.unfreeze_below is None or best is None or best["val_acc"] == "":
@@ -287,9 +293,7 @@ def fit(
         The history and the epoch kept.
     """
     seed_everything(cfg.seed)
-    ranks = world()
-    if not ranks.is_main:
-        log = _silent
+    log = main_only(log)
     train_samples, val_samples = data.splits["train"], data.splits.get("val", [])
     val_labels = torch.tensor([s.label for s in val_samples], dtype=torch.long)
     train_loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)

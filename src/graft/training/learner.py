@@ -33,7 +33,7 @@ from graft.evaluation.predictions import Prediction, top_k
 from graft.export.bundle import load_bundle, read_history, save_bundle
 from graft.models import ModelSpec, build_model, create_model
 from graft.models.fuse import inference_model
-from graft.training.distributed import broadcast, local, world
+from graft.training.distributed import broadcast, local, main_only, world
 from graft.training.features import feature_head
 from graft.training.fit import fit
 from graft.training.lr_find import LRFind, lr_find
@@ -157,8 +157,7 @@ class Learner:
         if self.data is None:
             raise GraftError("this learner has no data to train on")
         ranks = world()
-        if not ranks.is_main:
-            log = _silent
+        log = main_only(log)
         if "epochs" in overrides and "unfreeze_below" not in overrides:
             overrides["unfreeze_below"] = None  # asked-for epochs always run (as on the CLI)
         cfg = dataclasses.replace(config or self.config, **overrides)
@@ -360,10 +359,6 @@ class Learner:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         return save_bundle(run_dir, self.model.state_dict(), meta, self.history)
-
-
-def _silent(line: str) -> None:
-    """The log of ranks other than 0."""
 
 
 def load_learner(run_dir: str | Path, device: str = "auto") -> Learner:
