@@ -105,8 +105,9 @@ def init_from_env(device: str = "auto") -> World:
     """Join the process group that the launcher's environment describes.
 
     The backend follows the device: NCCL when this rank will train on CUDA, else Gloo. On CUDA
-    each rank takes the GPU of its ``LOCAL_RANK``. Ranks other than 0 turn off progress bars and
-    warnings, so a run prints one log.
+    each rank takes the GPU of its ``LOCAL_RANK``, whatever index ``device`` names. Ranks other
+    than 0 ignore warnings from here on; their progress bars and logs are off through
+    :func:`quiet` and :func:`main_only`, so a run prints one log.
 
     Args:
         device: The run's ``--device`` (``auto``, ``cpu``, ``cuda``...).
