@@ -151,11 +151,6 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def local_world_size() -> int:
-    """Processes of this run on this machine (``LOCAL_WORLD_SIZE`` from torchrun, else 1)."""
-    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-
-
 def per_rank_batch(batch_size: int, here: World) -> int:
     """Each rank's share of a global batch.
 
