@@ -26,8 +26,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise GraftError(
             "--submission needs every image's probabilities from one run: not with --resume or --shard"
         )
-    if args.resume and not args.csv:
-        raise GraftError("--resume needs --csv FILE: the CSV to continue")
     tta = tta_from_args(args)
     if args.onnx or (args.run.endswith(".onnx") and Path(args.run).is_file()):
         # onnxruntime with NumPy preprocessing: torch is never imported on this path.
