@@ -14,6 +14,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 
     The rename is atomic on POSIX and Windows, so readers see the old file or the new one,
     never a partial one.
+
+    Raises:
+        OSError: If the file cannot be written (e.g. a full disk); the old file is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,7 +28,13 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        write(tmp)
+        try:
+            write(tmp)
+        except Exception as e:
+            # safetensors reports a full disk with its own error type: make it the OSError it is.
+            if type(e).__name__ == "SafetensorError":
+                raise OSError(str(e)) from e
+            raise
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -54,9 +54,10 @@ def record_loads() -> None:
     image_getitem = loaders.ImageFileDataset.__getitem__
     view_getitem = features._ViewDataset.__getitem__
 
-    def images(self, i):
+    def images(self, item):
+        i = item[0] if isinstance(item, tuple) else item  # training loaders index by (i, epoch)
         loaded["images"].append(str(self.samples[i].path))
-        return image_getitem(self, i)
+        return image_getitem(self, item)
 
     def views(self, i):
         loaded["features"].append(str(self.items[i][0]))
@@ -97,8 +98,8 @@ def one_step(data: str) -> dict:
     from graft.data.dataset import ImageData
     from graft.models import create_model
     from graft.training import distributed
-    from graft.training.fit import ImagePass
     from graft.training.optim import make_optimizer
+    from graft.training.passes import ImagePass
 
     distributed.init_from_env("cpu")
     torch.manual_seed(0)

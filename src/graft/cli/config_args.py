@@ -24,13 +24,17 @@ def _comma_list(text: str) -> list[str]:
 
 
 def add_config_arguments(
-    parser: argparse.ArgumentParser, exclude: Collection[str] = (), defaults: dict | None = None
+    parser: argparse.ArgumentParser,
+    exclude: Collection[str] = (),
+    defaults: dict | None = None,
+    optional_data: bool = False,
 ) -> None:
     """One flag per TrainConfig field (``valid_split`` → ``--valid-split``); booleans get ``--no-…``.
 
     Args:
         exclude: Fields that get no flag (the command sets them itself).
         defaults: Per-command defaults that replace the config's (shown in the help).
+        optional_data: The dataset positional may be left out (``train --resume RUN``).
     """
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -40,7 +44,8 @@ def add_config_arguments(
         kind = _base_type(hints[f.name])
         kwargs: dict = {"help": meta.get("help", "")}
         if meta.get("positional"):
-            parser.add_argument(f.name, **kwargs)
+            extra = {"nargs": "?", "default": f.default} if optional_data else {}
+            parser.add_argument(f.name, **kwargs, **extra)
             continue
         flag = "--" + f.name.replace("_", "-")
         if kind is bool:

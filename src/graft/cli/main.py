@@ -27,20 +27,37 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def cmd_train(args: argparse.Namespace) -> int:
     from graft.cli.config_args import config_from_args
     from graft.training import distributed
-    from graft.training.learner import Learner
+    from graft.training.checkpoint import CHECKPOINT_FILE, remove_checkpoint
+    from graft.training.learner import Learner, resume_learner
 
-    raw = config_from_args(args)
-    # Resolving now fails fast on bad options; fit resolves again once it knows whether the
-    # model's frozen epochs can run on cached features (which changes the epoch defaults).
-    cfg = raw.resolved()
-    ranks = distributed.init_from_env(cfg.device)  # a world of one unless torchrun started us
+    if args.resume:
+        _check_resume_args(args)
+        out = Path(args.resume)
+        if (out / "graft.json").exists():
+            raise GraftError(f"{out} holds a finished run: there is nothing to resume")
+        raw = None
+        ranks = distributed.init_from_env(args.device)
+    else:
+        if not args.data:
+            raise GraftError("the dataset folder is missing: graft train DATA (or graft train --resume RUN)")
+        raw = config_from_args(args)
+        # Resolving now fails fast on bad options; fit resolves again once it knows whether the
+        # model's frozen epochs can run on cached features (which changes the epoch defaults).
+        cfg = raw.resolved()
+        ranks = distributed.init_from_env(cfg.device)  # a world of one unless torchrun started us
+        out = Path(cfg.out or f"runs/{Path(cfg.data).resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        out = Path(distributed.broadcast(str(out)))  # rank 0's clock names the run
+        _check_no_run(out, args.overwrite)
     if not ranks.is_main:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 prints the one log
-    out = Path(cfg.out or f"runs/{Path(cfg.data).resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    out = Path(distributed.broadcast(str(out)))  # rank 0's clock names the run
-    _check_no_run(out, args.overwrite)
-    cfg.out = str(out)
-    learn = Learner.from_config(cfg)
+    if raw is None:
+        learn = resume_learner(out, device=args.device)
+        if args.workers is not None:
+            learn.config.workers = args.workers
+        cfg = learn.config
+    else:
+        cfg.out = str(out)
+        learn = Learner.from_config(cfg)
     if ranks.is_main:
         _check_writable(out)  # after the data loaded, so bad data leaves no empty run folder behind
     data = learn.data
@@ -56,10 +73,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"mode {cfg.mode}, device {learn.device}"
         + (f" × {ranks.size} processes ({distributed.backend()})" if ranks.enabled else "")
     )
-    learn.fit(dataclasses.replace(raw, out=str(out)))
+    learn.fit(dataclasses.replace(raw or cfg, out=str(out)), checkpoint=out)
     distributed.shutdown()
     if not ranks.is_main:
         return 0  # rank 0 evaluates, saves and reports
+    if learn.metrics.get("undecodable_files"):
+        print(f"skipped while training: {learn.metrics['undecodable_files']} files could not be decoded")
     labeled_test = bool(data.splits.get("test")) and all(s.label is not None for s in data.splits["test"])
     split = "test" if labeled_test else "val" if data.splits.get("val") else None
     interp = learn.interpret(split=split) if split and (labeled_test or cfg.report) else None
@@ -67,7 +86,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = interp.result
         learn.metrics.update(test_acc=result.accuracy, test_loss=result.loss, test_n=result.n)
         print(f"test: accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  ({result.n} images)")
-    learn.save(out)
+    try:
+        learn.save(out)
+    except GraftError as e:
+        if not (out / CHECKPOINT_FILE).exists():
+            raise
+        raise GraftError(
+            f"{e}; the checkpoint of the last epoch is kept: fix that and run graft train --resume {out}"
+        ) from None
+    remove_checkpoint(out)  # the finished run replaces it
     m = learn.metrics
     if m.get("val_acc") not in (None, ""):
         print(f"val: accuracy {m['val_acc']:.4f}  loss {m['val_loss']:.4f}  (epoch {m['best_epoch']})")
@@ -84,14 +111,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_resume_args(args: argparse.Namespace) -> None:
+    """``--resume RUN`` takes every option from the run; only where it runs may change."""
+    from graft.config import TrainConfig
+
+    given = [
+        "DATA" if f.name == "data" else "--" + f.name.replace("_", "-")
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in ("device", "workers") and getattr(args, f.name) != f.default
+    ]
+    if args.overwrite:
+        given.append("--overwrite")
+    if given:
+        raise GraftError(
+            f"--resume continues a run with its own options; drop {', '.join(given)} "
+            "(only --device and --workers may change)"
+        )
+
+
 def _fmt(values: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
 
 
 def _check_no_run(out: Path, overwrite: bool) -> None:
-    """Refuse to clobber a finished run unless asked to."""
+    """Refuse to clobber a finished or interrupted run unless asked to."""
+    from graft.training.checkpoint import CHECKPOINT_FILE
+
     if (out / "graft.json").exists() and not overwrite:
         raise GraftError(f"{out} already holds a run; pass --overwrite or choose another --out")
+    if (out / CHECKPOINT_FILE).exists():
+        if not overwrite:
+            raise GraftError(
+                f"{out} holds an interrupted run: continue it with graft train --resume {out}, "
+                "or pass --overwrite to start again"
+            )
+        (out / CHECKPOINT_FILE).unlink()
 
 
 def _check_writable(out: Path) -> None:
@@ -186,8 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a classifier on a folder of labeled images")
-    add_config_arguments(p)
+    add_config_arguments(p, optional_data=True)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue an interrupted run from its last end-of-epoch checkpoint, with its own options",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="accuracy, per-class metrics and confusion matrix on labeled images")

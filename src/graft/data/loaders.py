@@ -28,18 +28,27 @@ class ImageFileDataset(Dataset):
 
     A file that fails to decode does not raise: the item is marked failed, and the collate
     function drops it and reports its index in ``Batch.failed``.
+
+    Indexed by ``(i, epoch)`` (as :class:`EpochSampler` yields), the transform's random draws
+    are seeded by ``(seed, epoch, i)``: an image's augmentation then depends on neither the
+    worker that loads it, nor the number of workers or processes, nor what ran before, so an
+    interrupted run resumes with exactly the draws it would have made.
     """
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable, min_size: int | None = None) -> None:
+    def __init__(
+        self, samples: Sequence[Sample], transform: Callable, min_size: int | None = None, seed: int = 0
+    ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.min_size = min_size
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, int]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor | None, int, int]:
         """``(image tensor or None if undecodable, label or -1, i)``."""
+        i, epoch = item if isinstance(item, tuple) else (item, None)
         sample = self.samples[i]
         label = -1 if sample.label is None else int(sample.label)
         try:
@@ -47,7 +56,27 @@ class ImageFileDataset(Dataset):
         except Exception:  # bad files are reported per batch, not raised: one file must not stop a run
             return None, label, i
         # Transform errors are bugs (or absurd images), so they are not swallowed.
-        return self.transform(image), label, i
+        if epoch is None:
+            return self.transform(image), label, i
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, i))
+            return self.transform(image), label, i
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's augmentation in one epoch."""
+    return ((seed * 1_000_003 + epoch) * 1_000_033 + index) % (2**63)
+
+
+class EpochSampler(DistributedSampler):
+    """A seeded shuffle (optionally this rank's shard of it) yielding ``(index, epoch)`` pairs.
+
+    The order of epoch ``e`` depends only on ``(seed, e)``, and the epoch travels with each index
+    to the dataset, even into persistent worker processes. Call :meth:`set_epoch` every epoch.
+    """
+
+    def __iter__(self):
+        return ((i, self.epoch) for i in super().__iter__())
 
 
 def collate(items: list[tuple[torch.Tensor | None, int, int]]) -> Batch:
@@ -102,32 +131,31 @@ def make_loader(
     drop_last: bool = False,
     shards: tuple[int, int] | None = None,
 ) -> DataLoader:
-    """A DataLoader yielding :class:`Batch`. Shuffling is seeded (repeatable); workers persistent.
+    """A DataLoader yielding :class:`Batch`; workers persistent.
 
-    The seeded generator also fixes the workers' base seed, so random augmentations in worker
-    processes repeat from run to run too.
+    With ``shuffle``, an :class:`EpochSampler` orders the samples: call
+    ``loader.sampler.set_epoch(e)`` before each epoch. Order and augmentation then depend only on
+    ``(seed, epoch)``, so they repeat from run to run and survive a resume.
 
     Args:
-        shards: ``(rank, world size)`` to load only this rank's part of ``samples`` through a
-            DistributedSampler (seeded like the shuffle; call ``loader.sampler.set_epoch(e)``
-            each epoch). Its parts have equal lengths: a few samples repeat to even them out, and
-            ``Batch.indices`` tells them apart.
+        shards: ``(rank, world size)`` to load only this rank's part of ``samples`` (a
+            DistributedSampler, seeded like the shuffle). Its parts have equal lengths: a few
+            samples repeat to even them out, and ``Batch.indices`` tells them apart.
     """
     workers = default_workers() if workers is None else max(0, int(workers))
     sampler, rank = None, 0
-    if shards is not None:
-        rank, size = shards
-        sampler = DistributedSampler(samples, num_replicas=size, rank=rank, shuffle=shuffle, seed=seed)
+    if shuffle or shards is not None:
+        rank, size = shards or (0, 1)
+        cls = EpochSampler if shuffle else DistributedSampler
+        sampler = cls(samples, num_replicas=size, rank=rank, shuffle=shuffle, seed=seed)
     return DataLoader(
-        ImageFileDataset(samples, transform, min_size),
+        ImageFileDataset(samples, transform, min_size, seed),
         batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
         sampler=sampler,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,
         drop_last=drop_last,
-        # Under DistributedSampler this only seeds the workers: each rank its own augmentations.
         generator=torch.Generator().manual_seed(seed + 1_000_003 * rank),
         persistent_workers=workers > 0,
     )

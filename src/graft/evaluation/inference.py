@@ -24,6 +24,7 @@ from graft.training.features import (
     tta_views,
 )
 from graft.training.loop import infer, split_outputs, warn_failed
+from graft.training.memory import Pieces
 from graft.training.runtime import channels_last, inference_batch_size
 
 
@@ -129,13 +130,14 @@ class _FullBatch(nn.Module):
         super().__init__()
         self.model = model
         self.size = size
+        self.pieces = Pieces("prediction")  # out of memory: the padded batch goes in pieces
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         if n < self.size:
             x = channels_last(torch.cat([x, x[-1:].expand(self.size - n, *x.shape[1:])]))
-        logits, _ = split_outputs(self.model(x))
-        return logits[:n]
+        parts = self.pieces.run(lambda xs: split_outputs(self.model(channels_last(xs)))[0], x)
+        return torch.cat(parts)[:n]
 
 
 class _ViewMean(nn.Module):

@@ -37,6 +37,7 @@ from graft.models.fuse import inference_model
 from graft.training.cache import FeatureCache, file_hash, tensor_hash
 from graft.training.distributed import all_gather, broadcast, quiet, shard, unshard, world
 from graft.training.loop import EpochStats, check_finite
+from graft.training.memory import Pieces
 from graft.training.runtime import autocast, channels_last
 
 # Bump when the meaning of a cached vector changes (what is hooked, how views are made).
@@ -307,17 +308,22 @@ def _compute(
         collate_fn=_collate,
     )
     out: list[torch.Tensor | None] = [None] * len(items)
+    pieces = Pieces("feature extraction")
+
+    def body(x: torch.Tensor) -> torch.Tensor:
+        captured.clear()
+        with autocast(device, precision):
+            fast(channels_last(x))
+        return captured[0].float().cpu()
+
     try:
         with torch.inference_mode():
             for batch in tqdm(loader, desc=desc, leave=False, unit="batch", disable=quiet()):
                 ok = [(x, n) for x, n in batch if x is not None]
                 if not ok:
                     continue
-                x = channels_last(torch.cat([x for x, _ in ok]).to(device, non_blocking=True))
-                captured.clear()
-                with autocast(device, precision):
-                    fast(x)
-                vectors = captured[0].float().cpu()
+                x = torch.cat([x for x, _ in ok]).to(device, non_blocking=True)
+                vectors = torch.cat(pieces.run(body, x))
                 row = 0
                 for x, n in ok:
                     out[n] = vectors[row : row + len(x)].clone()

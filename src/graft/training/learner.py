@@ -33,6 +33,7 @@ from graft.evaluation.predictions import Prediction, top_k
 from graft.export.bundle import load_bundle, read_history, save_bundle
 from graft.models import ModelSpec, build_model, create_model
 from graft.models.fuse import inference_model
+from graft.training.checkpoint import matching_checkpoint, read_checkpoint
 from graft.training.distributed import broadcast, local, main_only, world
 from graft.training.features import feature_head
 from graft.training.fit import fit
@@ -142,13 +143,21 @@ class Learner:
         return learn
 
     def fit(
-        self, config: TrainConfig | None = None, *, log: Callable[[str], None] = print, **overrides
+        self,
+        config: TrainConfig | None = None,
+        *,
+        log: Callable[[str], None] = print,
+        checkpoint: str | Path | None = None,
+        **overrides,
     ) -> list[dict]:
         """Train on ``self.data``; the best epoch's weights are kept.
 
         Args:
             config: A full config (as the CLI builds); default: this learner's.
             log: Receives the per-epoch table lines.
+            checkpoint: A run folder. After every epoch ``checkpoint.safetensors`` is written
+                there; if it already holds one of this same run (killed, say), training goes on
+                from it and ends as the uninterrupted run would have.
             **overrides: Any :class:`TrainConfig` field, e.g. ``mode="features"``, ``epochs=5``.
 
         Returns:
@@ -165,6 +174,11 @@ class Learner:
         if cfg.mode == "scratch" and self.config.pretrained:
             raise GraftError("mode 'scratch' needs a learner built with pretrained=False")
         start = time.perf_counter()
+        resume = matching_checkpoint(checkpoint, cfg.to_dict(), self.data.to_record()) if checkpoint else None
+        resumed_after = resume.progress.epoch if resume is not None else None  # fit moves it on
+        if resume is not None:
+            keep = {k: getattr(cfg, k) for k in ("device", "workers", "out", "report")}
+            cfg = dataclasses.replace(TrainConfig.from_dict(resume.meta["config"]), **keep)
         found = None
         if cfg.lr == "auto":
             found = self._lr_find_once(cfg, log)
@@ -173,7 +187,17 @@ class Learner:
                 warnings.warn(f"lr-find could not suggest a rate; using the default {cfg.lr:g}", stacklevel=2)
             else:
                 log(f"lr-find: suggested lr {cfg.lr:.2e} ({found.phase} phase, {found.seconds:.1f} s)")
-        result = fit(self.model, self.spec, self.preprocessing, self.data, cfg, self.device, log=log)
+        result = fit(
+            self.model,
+            self.spec,
+            self.preprocessing,
+            self.data,
+            cfg,
+            self.device,
+            log=log,
+            checkpoint=checkpoint,
+            resume=resume,
+        )
         self.config = cfg
         self.history = result.history
         self.lr_finder = found
@@ -189,6 +213,10 @@ class Learner:
             self.metrics["stopped"] = result.stopped
         if result.skipped:
             self.metrics["skipped"] = result.skipped
+        if result.failed:
+            self.metrics["undecodable_files"] = len(result.failed)
+        if resumed_after is not None:
+            self.metrics["resumed_after_epoch"] = resumed_after
         if result.best_epoch is not None:
             kept = result.history[result.best_epoch - 1]
             self.metrics.update(val_loss=kept["val_loss"], val_acc=kept["val_acc"])
@@ -387,5 +415,31 @@ def load_learner(run_dir: str | Path, device: str = "auto") -> Learner:
         split=meta.get("split"),
         metrics=meta.get("metrics"),
         history=read_history(run_dir),
+    )
+    return learn
+
+
+def resume_learner(run_dir: str | Path, device: str = "auto") -> Learner:
+    """The learner of an interrupted run, rebuilt from ``run_dir/checkpoint.safetensors`` (its
+    options, its exact split, its weights); ``learn.fit(checkpoint=run_dir)`` then goes on.
+
+    Raises:
+        GraftError: If there is no readable checkpoint, or files of its split are gone.
+    """
+    meta = read_checkpoint(run_dir).meta
+    cfg = TrainConfig.from_dict(meta["config"])
+    cfg.device = device
+    data = ImageData.from_record(meta["split"]["root"], meta["split"])
+    spec = ModelSpec.from_dict(meta["model"])
+    learn = Learner.__new__(Learner)  # built from the checkpoint, not from pretrained weights
+    learn._attach(
+        build_model(spec),
+        spec,
+        Preprocessing.from_dict(meta["preprocessing"]),
+        list(meta["classes"]),
+        cfg,
+        device,
+        data=data,
+        split=data.to_record(),
     )
     return learn

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from graft.data.loaders import Batch
 from graft.errors import GraftError
 from graft.training.distributed import all_sum, quiet, world
+from graft.training.memory import Pieces
 from graft.training.runtime import autocast, channels_last
 
 
@@ -58,8 +59,12 @@ def train_epoch(
     aux_weight: float,
     desc: str,
     precision: str = "fp32",
+    pieces: Pieces | None = None,
 ) -> EpochStats:
     """One pass over ``loader`` with an optimizer and scheduler step per batch.
+
+    Out of memory, each batch is cut into pieces whose gradients are accumulated (``pieces``
+    keeps the count from one epoch to the next; see :class:`~graft.training.memory.Pieces`).
 
     Under torch.distributed ``model`` is the DistributedDataParallel wrapper and every rank must
     take the same steps: a batch in which one rank could decode no image is skipped by all.
@@ -71,6 +76,7 @@ def train_epoch(
     stats = EpochStats()
     total_loss, correct = 0.0, 0
     ranks = world()
+    pieces = pieces or Pieces("training")
     bar = tqdm(loader, desc=desc, leave=False, unit="batch", disable=quiet())
     for batch in bar:
         batch: Batch
@@ -82,17 +88,24 @@ def train_epoch(
             continue
         x = channels_last(batch.images.to(device, non_blocking=True))
         y = batch.labels.to(device, non_blocking=True)
-        with autocast(device, precision):
-            logits, aux = split_outputs(model(x))
-            loss = loss_fn(logits, y) + sum(aux_weight * loss_fn(a, y) for a in aux)
-        check_finite(loss, desc)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        n = y.shape[0]
+
+        def piece(xs: torch.Tensor, ys: torch.Tensor, n: int = n) -> tuple[torch.Tensor, torch.Tensor]:
+            with autocast(device, precision):
+                logits, aux = split_outputs(model(xs))
+                # Weighted by the piece's share, the pieces' gradients add up to the whole batch's.
+                part = (loss_fn(logits, ys) + sum(aux_weight * loss_fn(a, ys) for a in aux)) * (len(ys) / n)
+            scaler.scale(part).backward()
+            return part.detach(), logits.detach()
+
+        done = pieces.run(piece, x, y, before=lambda: optimizer.zero_grad(set_to_none=True))
+        loss = torch.stack([part for part, _ in done]).sum()
+        logits = torch.cat([lg for _, lg in done])
+        check_finite(loss, desc)  # before the step: a NaN never reaches the weights
         scaler.step(optimizer)
         scaler.update()
         stats.lr_max = max(stats.lr_max, optimizer.param_groups[-1]["lr"])
         scheduler.step()
-        n = y.shape[0]
         total_loss += loss.item() * n
         correct += (logits.argmax(1) == y).sum().item()
         stats.n += n
@@ -127,20 +140,26 @@ def infer(
 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Run ``model`` in eval mode over ``loader``.
 
+    Out of memory, each batch goes through in pieces (:class:`~graft.training.memory.Pieces`).
+
     Returns:
         ``(logits, indices, failed)``: float32 logits on the CPU for every decodable sample, the
         sample index of each row, and the indices of samples that could not be decoded.
     """
     model.eval()
+    pieces = Pieces(desc)
     outs, idx, failed = [], [], []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with autocast(device, precision):
+            return split_outputs(model(channels_last(x)))[0].float().cpu()
+
     for batch in tqdm(loader, desc=desc, leave=False, unit="batch", disable=quiet()):
         batch: Batch
         failed += batch.failed
         if batch.images.numel() == 0:
             continue
-        with autocast(device, precision):
-            logits, _ = split_outputs(model(channels_last(batch.images.to(device, non_blocking=True))))
-        outs.append(logits.float().cpu())
+        outs += pieces.run(forward, batch.images.to(device, non_blocking=True))
         idx.append(batch.indices)
     if not outs:
         return torch.empty(0, 0), torch.empty(0, dtype=torch.long), failed

@@ -24,8 +24,8 @@ from graft.data.transforms import Preprocessing
 from graft.errors import GraftError
 from graft.models import ModelSpec, body_blocks
 from graft.training.features import feature_head
-from graft.training.fit import ImagePass, feature_pass
 from graft.training.optim import apply_phase, make_optimizer, plan_phases, set_train_mode
+from graft.training.passes import ImagePass, feature_pass
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
