@@ -16,6 +16,7 @@ _EXPORTS = {
     "ImageData": "graft.data.dataset",
     "Learner": "graft.training.learner",
     "load_learner": "graft.training.learner",
+    "resume_learner": "graft.training.learner",
     "TrainConfig": "graft.config",
     "GraftError": "graft.errors",
     "EvalResult": "graft.evaluation.metrics",
@@ -38,6 +39,7 @@ __all__ = [
     "compare",
     "create_model",
     "load_learner",
+    "resume_learner",
     "write_report",
 ]
 
@@ -51,7 +53,7 @@ if TYPE_CHECKING:
     from graft.evaluation.report import write_report
     from graft.models import create_model
     from graft.training.compare import compare
-    from graft.training.learner import Learner, load_learner
+    from graft.training.learner import Learner, load_learner, resume_learner
 
 
 def __getattr__(name: str) -> Any:
