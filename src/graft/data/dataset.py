@@ -141,12 +141,15 @@ def _load_csv(
             f"the first row of {labels.name} looks like data: a header row (e.g. 'id,label') is needed"
         )
     if len(found) < len(ids):
-        n = len(ids) - len(found)
-        rows = f"{n:,} rows of {labels.name} have" if n > 1 else f"1 row of {labels.name} has"
-        scan.notes.append(f"{rows} no image; ignored")
+        # An id only ever matches a file name in `folder`: "../x.jpg" or "/abs/x.jpg" land here.
+        lost = [key for key in ids if key not in found]
+        rows = f"{len(lost):,} rows of {labels.name} have" if len(lost) > 1 else f"1 row of {labels.name} has"
+        scan.notes.append(f"{rows} no image in {folder.name}/ (e.g. {lost[0]!r}); ignored")
     unlisted = len(list_images(folder)) - len(set(found.values()))
     if unlisted > 0:
-        scan.notes.append(f"{unlisted:,} images in {folder.name}/ have no row in {labels.name}; ignored")
+        scan.notes.append(
+            f"{unlisted:,} images in {folder.name}/ have no labeled row in {labels.name}; ignored"
+        )
     good = set(scan.good(sorted(set(found.values()))))
     groups: dict[str, list[Path]] = {}
     for key, path in found.items():
