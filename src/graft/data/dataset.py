@@ -15,6 +15,7 @@ from graft.data._scan import (
     classes_from,
     descend,
     inside,
+    plural,
     preview,
     skipped_line,
     subdirs,
@@ -147,8 +148,9 @@ def _load_csv(
         scan.notes.append(f"{rows} no image in {folder.name}/ (e.g. {lost[0]!r}); ignored")
     unlisted = len(list_images(folder)) - len(set(found.values()))
     if unlisted > 0:
+        have = "has" if unlisted == 1 else "have"
         scan.notes.append(
-            f"{unlisted:,} images in {folder.name}/ have no labeled row in {labels.name}; ignored"
+            f"{plural(unlisted, 'image')} in {folder.name}/ {have} no labeled row in {labels.name}; ignored"
         )
     good = set(scan.good(sorted(set(found.values()))))
     groups: dict[str, list[Path]] = {}
