@@ -138,16 +138,18 @@ def check_image(path: Path) -> str | None:
             return "not a file"
         if path.stat().st_size == 0:
             return "empty file (0 bytes)"
-        # Pillow's own warnings (e.g. TIFF's "Truncated File Read") name no file; the reason does.
-        with warnings.catch_warnings(), Image.open(path) as im:
+        # Pillow's own warnings (TIFF's "Truncated File Read", the decompression-bomb warning of
+        # Image.open) name no file; the reason does, and load_image warns again when it decodes.
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if im.format in ("JPEG", "MPO"):
-                im.draft(im.mode, (1, 1))  # the smallest scale libjpeg offers: 1/8
-                im.load()
-            elif im.format == "PNG":
-                im.verify()
-            else:
-                im.load()
+            with Image.open(path) as im:
+                if im.format in ("JPEG", "MPO"):
+                    im.draft(im.mode, (1, 1))  # the smallest scale libjpeg offers: 1/8
+                    im.load()
+                elif im.format == "PNG":
+                    im.verify()
+                else:
+                    im.load()
     except UnidentifiedImageError:
         return "not a recognised image format"
     except Image.DecompressionBombError as e:
