@@ -389,18 +389,32 @@ def test_byte_identical_images_across_splits_warn_and_are_kept(tmp_path: Path) -
     assert _used(data) == good | set(copies) | bmps
 
 
-def test_duplicate_check_hashes_only_size_collisions(tmp_path: Path, monkeypatch) -> None:
+def test_duplicate_check_reads_only_what_it_must(tmp_path: Path, monkeypatch) -> None:
     from graft.data import _duplicates
 
-    hashed: list[Path] = []
+    calls: list[tuple[str, int | None]] = []
     digest = _duplicates._digest
-    monkeypatch.setattr(_duplicates, "_digest", lambda p: hashed.append(p) or digest(p))
-    files = {name: tmp_path / name for name in ["a", "b", "c", "d"]}
-    for name, data in {"a": b"1234", "b": b"12345", "c": b"1234", "d": b"999999"}.items():
+    monkeypatch.setattr(
+        _duplicates, "_digest", lambda p, limit=None: calls.append((p.name, limit)) or digest(p, limit)
+    )
+    head = os.urandom(_duplicates._PREFIX)
+    contents = {
+        "a": b"1234", "b": b"12345", "c": b"1234", "d": b"999999",  # sizes 4, 5 | 4, 6
+        "big1": head + b"x" * 99, "big2": head + b"y" * 99,  # same size and first 16 KiB, then differ
+        "big3": bytes([head[0] ^ 1]) + head[1:] + b"x" * 99,  # same size, differs at once
+    }  # fmt: skip
+    files = {name: tmp_path / name for name in contents}
+    for name, data in contents.items():
         files[name].write_bytes(data)
-    found = cross_split_duplicates({"train": [files["a"], files["b"]], "val": [files["c"], files["d"]]})
+    train, val = ["a", "b", "big1", "big3"], ["c", "d", "big2"]
+    found = cross_split_duplicates({"train": [files[n] for n in train], "val": [files[n] for n in val]})
     assert found == [("train", files["a"], "val", files["c"])]
-    assert sorted(hashed) == [files["a"], files["c"]]  # b and d have sizes no other split shares
+    prefix = _duplicates._PREFIX
+    assert len(calls) == len(set(calls)) == 7  # b and d are never read: no other split has their size
+    assert set(calls) == {
+        *[("a", prefix), ("c", prefix), ("big1", prefix), ("big2", prefix), ("big3", prefix)],
+        *[("big1", None), ("big2", None)],  # whole files only where size and prefix both match
+    }
 
 
 def test_unlabeled_test_copies_are_not_reported(tmp_path: Path) -> None:

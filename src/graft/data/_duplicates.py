@@ -5,22 +5,43 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
+# Files that share a size are compared by a hash of their first bytes, and only files that share
+# that too are hashed whole: a big dataset has many size collisions, few prefix collisions.
+_PREFIX = 16 * 1024
 
-def _digest(path: Path) -> str | None:
+
+def _digest(path: Path, limit: int | None = None) -> str | None:
+    """blake2b of the file (or of its first ``limit`` bytes); None if it cannot be read."""
     try:
         with open(path, "rb") as f:
+            if limit is not None:
+                return hashlib.blake2b(f.read(limit)).hexdigest()
             return hashlib.file_digest(f, "blake2b").hexdigest()
     except OSError:
         return None  # vanished or unreadable: not a duplicate of anything
 
 
+def _split_by(
+    group: list[tuple[int, Path]], key: Callable[[Path], str | None]
+) -> list[list[tuple[int, Path]]]:
+    """Sub-groups of ``group`` with equal ``key(path)`` that span two splits or more."""
+    parts: dict[str, list[tuple[int, Path]]] = defaultdict(list)
+    for i, p in group:
+        k = key(p)
+        if k is not None:
+            parts[k].append((i, p))
+    return [g for g in parts.values() if len({i for i, _ in g}) > 1]
+
+
 def cross_split_duplicates(splits: dict[str, list[Path]]) -> list[tuple[str, Path, str, Path]]:
     """Files with a byte-identical copy in an earlier split.
 
-    Files are grouped by size first and only sizes that occur in two splits are hashed, so a
-    dataset without duplicates costs one ``stat`` per file.
+    Files are grouped by size, then by a hash of their first 16 KiB, then by a hash of the whole
+    file, and each stage only looks at groups that span two splits, so a dataset without
+    duplicates costs one ``stat`` per file and a few small reads.
 
     Args:
         splits: Split name -> files, in split order (``train``, ``val``, ``test``).
@@ -38,17 +59,15 @@ def cross_split_duplicates(splits: dict[str, list[Path]]) -> list[tuple[str, Pat
             except OSError:
                 continue
     found = []
-    for group in by_size.values():
+    for size, group in by_size.items():
         if len({i for i, _ in group}) < 2:
             continue
-        by_hash: dict[str, list[tuple[int, Path]]] = defaultdict(list)
-        for i, p in group:
-            digest = _digest(p)
-            if digest is not None:
-                by_hash[digest].append((i, p))
-        for same in by_hash.values():
+        same = _split_by(group, lambda p: _digest(p, _PREFIX))
+        if size > _PREFIX:  # else the prefix was the whole file
+            same = [g for part in same for g in _split_by(part, _digest)]
+        for copies in same:
             first: dict[int, Path] = {}
-            for i, p in sorted(same):
+            for i, p in sorted(copies):
                 if first and min(first) < i:
                     j = min(first)
                     found.append((names[j], first[j], names[i], p))
