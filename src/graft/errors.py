@@ -15,6 +15,8 @@ class SkippedFileWarning(UserWarning):
     Every file graft skips is warned with this category, and the message names the file and the
     reason, so users can filter these warnings or turn them into errors, e.g.
     ``warnings.simplefilter("error", SkippedFileWarning)`` to refuse a dataset with any bad file.
+    (Hidden files and files without an image extension are not taken for images at all; the
+    dataset's notes count them.)
     """
 
 

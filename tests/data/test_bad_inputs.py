@@ -152,6 +152,18 @@ def test_every_skip_kind_counted_on_one_line(tmp_path: Path) -> None:
     assert _used(data) == good
 
 
+def test_skipped_files_can_be_made_errors(tmp_path: Path) -> None:
+    import graft
+
+    assert graft.SkippedFileWarning is SkippedFileWarning and issubclass(SkippedFileWarning, UserWarning)
+    _good(tmp_path)
+    (tmp_path / "cat" / "empty.jpg").write_bytes(b"")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SkippedFileWarning)  # what a strict user would do
+        with pytest.raises(SkippedFileWarning, match=r"empty\.jpg: empty file"):
+            ImageData.from_folder(tmp_path)
+
+
 def test_truncated_jpeg_passes_verify_but_not_check(tmp_path: Path) -> None:
     """Why check_image decodes JPEGs: Pillow's verify() does not read JPEG pixel data."""
     from graft.data.images import check_image
@@ -387,6 +399,21 @@ def test_byte_identical_images_across_splits_warn_and_are_kept(tmp_path: Path) -
     assert expected in data.notes
     bmps = {tmp_path / "train" / "dog" / "a.bmp", tmp_path / "val" / "dog" / "b.bmp"}
     assert _used(data) == good | set(copies) | bmps
+
+
+def test_duplicates_can_be_made_errors(tmp_path: Path) -> None:
+    import graft
+
+    assert graft.DuplicateImageWarning is DuplicateImageWarning
+    _good(tmp_path / "train")
+    _good(tmp_path / "val", {"cat": 1, "dog": 1}, seed=1)
+    shutil.copyfile(tmp_path / "train" / "dog" / "dog_5.png", tmp_path / "val" / "dog" / "copy.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DuplicateImageWarning)
+        with pytest.raises(
+            DuplicateImageWarning, match=r"^1 image in a held-out split is byte-identical .* \(train/val: 1\)"
+        ):
+            ImageData.from_folder(tmp_path)
 
 
 def test_duplicate_check_reads_only_what_it_must(tmp_path: Path, monkeypatch) -> None:
