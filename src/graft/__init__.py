@@ -19,6 +19,8 @@ _EXPORTS = {
     "resume_learner": "graft.training.learner",
     "TrainConfig": "graft.config",
     "GraftError": "graft.errors",
+    "SkippedFileWarning": "graft.errors",
+    "DuplicateImageWarning": "graft.errors",
     "EvalResult": "graft.evaluation.metrics",
     "Prediction": "graft.evaluation.predictions",
     "create_model": "graft.models",
@@ -28,12 +30,14 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "DuplicateImageWarning",
     "EvalResult",
     "GraftError",
     "ImageData",
     "Interpretation",
     "Learner",
     "Prediction",
+    "SkippedFileWarning",
     "TrainConfig",
     "__version__",
     "compare",
@@ -46,7 +50,7 @@ __all__ = [
 if TYPE_CHECKING:
     from graft.config import TrainConfig
     from graft.data.dataset import ImageData
-    from graft.errors import GraftError
+    from graft.errors import DuplicateImageWarning, GraftError, SkippedFileWarning
     from graft.evaluation.interpret import Interpretation
     from graft.evaluation.metrics import EvalResult
     from graft.evaluation.predictions import Prediction

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,34 @@ def test_decompression_bomb_is_a_reason_not_a_crash(tmp_path: Path, monkeypatch:
     assert "decompression-bomb" in check_image(path)
     with pytest.raises(ValueError):
         load_image(path)
+
+
+def test_check_image_keeps_pillow_warnings_to_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (found by the fuzz tests): Image.open's bomb warning escaped check_image."""
+    path = _rgb(tmp_path / "big.png", size=(50, 30))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1,500 px: over the limit, under twice it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_image(path) is None  # a warning naming no file would be noise; the image is fine
+    with pytest.warns(Image.DecompressionBombWarning):
+        load_image(path)  # decoding it still warns
+
+
+def test_check_image_catches_what_verify_misses(tmp_path: Path) -> None:
+    """verify() reads no JPEG/GIF/BMP pixel data; check_image decodes them (JPEG at 1/8 scale)."""
+    arr = np.random.default_rng(0).integers(0, 255, size=(64, 80, 3), dtype=np.uint8)
+    for suffix in [".jpg", ".gif", ".bmp", ".webp", ".tif"]:
+        Image.fromarray(arr).save(tmp_path / f"whole{suffix}")
+        data = (tmp_path / f"whole{suffix}").read_bytes()
+        (tmp_path / f"cut{suffix}").write_bytes(data[: len(data) // 2])
+        assert check_image(tmp_path / f"whole{suffix}") is None
+        reason = check_image(tmp_path / f"cut{suffix}")
+        assert reason is not None and reason.startswith(("truncated file", "unreadable image")), (
+            suffix,
+            reason,
+        )
+        with pytest.raises(OSError):
+            load_image(tmp_path / f"cut{suffix}")
 
 
 # --- decoding ------------------------------------------------------------------------------------

@@ -9,12 +9,21 @@ from pathlib import Path
 from graft.data.images import IMAGE_EXTENSIONS, list_images
 from graft.errors import GraftError
 
+# Labels that mean "no label": pandas reads these as NaN (its default na_values) and writes NaN
+# as "" (or "nan" after .astype(str)), so a CSV saved from a DataFrame with gaps holds them.
+NA_LABELS = frozenset(
+    {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
+     "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+)  # fmt: skip
+
 
 def read_labels_csv(path: Path) -> tuple[dict[str, str], str, list[str]]:
     """Parse a labels CSV with a header row.
 
     The id column is the one named ``id`` (case-insensitive), else the first; the label column is
-    the one named ``label``, else the first other column.
+    the one named ``label``, else the first other column. Rows without an id, or whose label is
+    empty or a missing-value marker (:data:`NA_LABELS`: ``nan``, ``NA``, ``None``, ...), are
+    ignored with a note.
 
     Returns:
         (id -> label in file order, the id column's header text, notes).
@@ -42,13 +51,18 @@ def read_labels_csv(path: Path) -> tuple[dict[str, str], str, list[str]]:
     )
 
     mapping: dict[str, str] = {}
-    duplicates = incomplete = 0
+    duplicates = no_id = 0
+    no_label: dict[str, int] = {}  # the NA-like label -> its rows
     conflicts: list[tuple[str, str, str]] = []
     for row in rows[1:]:
-        if len(row) <= max(id_col, label_col) or not row[id_col].strip() or not row[label_col].strip():
-            incomplete += 1
+        cells = [row[i].strip() if i < len(row) else "" for i in (id_col, label_col)]
+        if not cells[0]:
+            no_id += 1
             continue
-        key, label = row[id_col].strip(), row[label_col].strip()
+        if cells[1] in NA_LABELS:
+            no_label[cells[1]] = no_label.get(cells[1], 0) + 1
+            continue
+        key, label = cells
         if key not in mapping:
             mapping[key] = label
         elif mapping[key] == label:
@@ -56,18 +70,25 @@ def read_labels_csv(path: Path) -> tuple[dict[str, str], str, list[str]]:
         else:
             conflicts.append((key, mapping[key], label))
     if not mapping:
-        raise GraftError(f"labels file {path} has no rows with both an id and a label")
+        why = f" ({sum(no_label.values()):,} rows have an empty or NA-like label)" if no_label else ""
+        raise GraftError(f"labels file {path} has no rows with both an id and a label{why}")
     notes = []
     if duplicates:
-        notes.append(f"{duplicates:,} duplicate rows of {name} ignored")
+        notes.append(f"{duplicates:,} duplicate {'row' if duplicates == 1 else 'rows'} of {name} ignored")
     if conflicts:
         key, first, other = conflicts[0]
         notes.append(
             f"{len(conflicts):,} rows of {name} repeat an id with a different label; kept the first "
             f"(e.g. {key!r}: {first!r}, not {other!r})"
         )
-    if incomplete:
-        notes.append(f"{incomplete:,} rows of {name} lack an id or a label; ignored")
+    if no_label:
+        n = sum(no_label.values())
+        seen = ", ".join(repr(v) for v in sorted(no_label, key=lambda v: (-no_label[v], v))[:3])
+        rows_have = f"{n:,} rows of {name} have" if n > 1 else f"1 row of {name} has"
+        notes.append(f"{rows_have} no label (empty or a missing-value marker: {seen}); ignored")
+    if no_id:
+        rows_lack = f"{no_id:,} rows of {name} lack" if no_id > 1 else f"1 row of {name} lacks"
+        notes.append(f"{rows_lack} an id; ignored")
     return mapping, header[id_col], notes
 
 

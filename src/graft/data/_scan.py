@@ -5,21 +5,29 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from graft.data.images import check_image, list_images
-from graft.errors import GraftError
+from graft.data._duplicates import cross_split_duplicates, describe
+from graft.data.images import Ignored, check_image, list_images, skip_kind
+from graft.errors import DuplicateImageWarning, GraftError, SkippedFileWarning
 
 VAL_NAMES = ("val", "valid", "validation")
 
 
 class Scan:
-    """Collects skipped files and notes while a dataset is being read."""
+    """Collects skipped files, what the listing left out, and notes while a dataset is being read.
 
-    def __init__(self) -> None:
+    Args:
+        root: The dataset folder; notes name files relative to it.
+    """
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root
         self.skipped: list[tuple[Path, str]] = []
         self.notes: list[str] = []
+        self.ignored = Ignored()
 
     def good(self, paths: Iterable[Path]) -> list[Path]:
         """The paths that pass check_image; the others are recorded and warned about (once each)."""
@@ -30,12 +38,72 @@ class Scan:
                 ok.append(p)
             else:
                 self.skipped.append((p, reason))
-                warnings.warn(f"skipping {p}: {reason}", UserWarning, stacklevel=2)
+                warnings.warn(f"skipping {p}: {reason}", SkippedFileWarning, stacklevel=2)
         return ok
 
     def class_folders(self, folder: Path) -> dict[str, list[Path]]:
         """Class name -> good images (recursive) for each non-hidden subfolder of ``folder``."""
-        return {d.name: self.good(list_images(d, recursive=True)) for d in subdirs(folder)}
+        groups = {}
+        for d in subdirs(folder):
+            loops = len(self.ignored.loops)
+            groups[d.name] = self.good(list_images(d, recursive=True, ignored=self.ignored))
+            for link, target in self.ignored.loops[loops:]:
+                warnings.warn(
+                    f"skipping {link}: symlink loop (it points to {target}, which contains it); not followed",
+                    SkippedFileWarning,
+                    stacklevel=2,
+                )
+        return groups
+
+    def rel(self, path: Path) -> str:
+        """``path`` relative to the dataset root when it is inside it, for notes."""
+        if self.root is not None and inside(path, self.root):
+            return Path(os.path.relpath(path, self.root)).as_posix()
+        return str(path)
+
+    def finish(self, splits: dict[str, list[Path]]) -> None:
+        """Notes on what the class-folder listing left out, and the duplicate check across splits.
+
+        Args:
+            splits: Split name -> the labeled files in it (unlabeled images are not scored, so a
+                copy of one is harmless and not reported).
+        """
+        hidden, other, loops = self.ignored.hidden, self.ignored.other, self.ignored.loops
+        if hidden:
+            self.notes.append(
+                f"{plural(len(hidden), 'hidden file or folder', 'hidden files or folders')} in the class "
+                f"folders ignored (e.g. {self.rel(hidden[0])})"
+            )
+        if other:
+            self.notes.append(
+                f"{plural(len(other), 'file')} without an image extension in the class folders ignored "
+                f"(e.g. {self.rel(other[0])})"
+            )
+        if loops:
+            link, target = loops[0]
+            self.notes.append(
+                f"{plural(len(loops), 'symlink loop')} in the class folders not followed "
+                f"(e.g. {self.rel(link)} -> {self.rel(target)})"
+            )
+        found = cross_split_duplicates(splits)
+        if found:
+            text = describe(found, self.root or Path.cwd())
+            warnings.warn(text, DuplicateImageWarning, stacklevel=3)
+            self.notes.append(text)
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """``"1 file"``, ``"3 files"`` (``many`` for irregular plurals)."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
+
+
+def skipped_line(skipped: list[tuple[Path, str]]) -> str:
+    """The summary's last line: ``skipped: 3 files (2 truncated, 1 empty)``, most common reason first."""
+    if not skipped:
+        return "skipped: 0 files"
+    kinds = Counter(skip_kind(reason) for _, reason in skipped)
+    parts = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"skipped: {plural(len(skipped), 'file')} ({parts})"
 
 
 def subdirs(folder: Path) -> list[Path]:
@@ -80,8 +148,9 @@ def classes_from(groups: dict[str, list[Path]], where: Path, scan: Scan) -> list
     empty = sorted(c for c, imgs in groups.items() if not imgs)
     classes = sorted(c for c, imgs in groups.items() if imgs)
     if empty:
+        have = "has" if len(empty) == 1 else "have"
         scan.notes.append(
-            f"{len(empty)} class folders have no usable images; ignored: {', '.join(empty[:5])}"
+            f"{plural(len(empty), 'class folder')} {have} no usable images; ignored: {preview(empty, 5)}"
         )
     if not classes:
         raise GraftError(f"no images found in the class folders of {where}")

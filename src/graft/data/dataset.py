@@ -15,7 +15,9 @@ from graft.data._scan import (
     classes_from,
     descend,
     inside,
+    plural,
     preview,
+    skipped_line,
     subdirs,
 )
 from graft.data._split import stratified_split
@@ -140,12 +142,16 @@ def _load_csv(
             f"the first row of {labels.name} looks like data: a header row (e.g. 'id,label') is needed"
         )
     if len(found) < len(ids):
-        n = len(ids) - len(found)
-        rows = f"{n:,} rows of {labels.name} have" if n > 1 else f"1 row of {labels.name} has"
-        scan.notes.append(f"{rows} no image; ignored")
+        # An id only ever matches a file name in `folder`: "../x.jpg" or "/abs/x.jpg" land here.
+        lost = [key for key in ids if key not in found]
+        rows = f"{len(lost):,} rows of {labels.name} have" if len(lost) > 1 else f"1 row of {labels.name} has"
+        scan.notes.append(f"{rows} no image in {folder.name}/ (e.g. {lost[0]!r}); ignored")
     unlisted = len(list_images(folder)) - len(set(found.values()))
     if unlisted > 0:
-        scan.notes.append(f"{unlisted:,} images in {folder.name}/ have no row in {labels.name}; ignored")
+        have = "has" if unlisted == 1 else "have"
+        scan.notes.append(
+            f"{plural(unlisted, 'image')} in {folder.name}/ {have} no labeled row in {labels.name}; ignored"
+        )
     good = set(scan.good(sorted(set(found.values()))))
     groups: dict[str, list[Path]] = {}
     for key, path in found.items():
@@ -177,8 +183,10 @@ class ImageData:
         classes: Sorted class names; a Sample's label indexes this list.
         splits: ``"train"`` and ``"val"`` always; ``"test"`` when present. An unlabeled flat
             test/ folder gives Samples with label None.
-        skipped: (path, reason) for every image file that was skipped (undecodable, ...).
-        notes: Human-readable remarks made while loading (e.g. small classes kept in train).
+        skipped: (path, reason) for every image file that was skipped (undecodable, truncated,
+            empty, ...); each was also warned about as a :class:`~graft.errors.SkippedFileWarning`.
+        notes: Human-readable remarks made while loading (e.g. small classes kept in train, hidden
+            files ignored, byte-identical images across splits).
     """
 
     root: Path
@@ -221,7 +229,7 @@ class ImageData:
         check_fraction("test_split", test_split)
         if valid_split + test_split >= 1:
             raise GraftError(f"valid_split + test_split must be below 1, got {valid_split} + {test_split}")
-        scan = Scan()
+        scan = Scan(root)
         if labels is not None:
             labels_path = Path(labels).expanduser()
             if not labels_path.is_absolute() and not labels_path.exists() and (root / labels_path).exists():
@@ -249,6 +257,7 @@ class ImageData:
                 classes, splits = _load_split(base, valid_split, test_split, seed, scan)
         splits.setdefault("val", [])
         ordered = {k: splits[k] for k in ("train", "val", "test") if k in splits}
+        scan.finish({k: [s.path for s in v if s.label is not None] for k, v in ordered.items()})
         return cls(root, layout, classes, ordered, scan.skipped, scan.notes)
 
     @classmethod
@@ -345,7 +354,7 @@ class ImageData:
         out = [f"{len(self.classes)} classes, layout {self.layout!r}, root {self.root}", line("class", cols)]
         out += [c if v is None else line(c, v) for c, v in rows]
         out.append(line("total", totals))
-        out.append(f"skipped: {len(self.skipped)} unreadable image files")
+        out.append(skipped_line(self.skipped))
         return "\n".join(out)
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Lower-case suffixes treated as images. Anything else (and any hidden file) is ignored silently.
+# Lower-case suffixes treated as images. Anything else (and any hidden file) is left out of listings;
+# list_images can report what it left out (see Ignored).
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
@@ -19,51 +22,143 @@ IMAGE_EXTENSIONS = frozenset(
 _WHITE = (255, 255, 255)
 
 
+@dataclass
+class Ignored:
+    """What :func:`list_images` left out, collected when the caller passes one in.
+
+    Attributes:
+        hidden: Hidden files and folders (name starting with ``.``: ``.DS_Store``, ``._x.jpg``,
+            ``.ipynb_checkpoints/``); a hidden folder is listed once, not its contents.
+        other: Files without an image extension (``notes.txt``, ``labels.csv``).
+        loops: (symlink, the folder it points back to) for each symlinked folder not followed
+            because it leads to one of its own parent folders.
+    """
+
+    hidden: list[Path] = field(default_factory=list)
+    other: list[Path] = field(default_factory=list)
+    loops: list[tuple[Path, Path]] = field(default_factory=list)
+
+
 def is_image_file(path: Path) -> bool:
     """True for a non-hidden regular file whose suffix is in IMAGE_EXTENSIONS (case-insensitive)."""
     path = Path(path)
     return not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
 
 
-def list_images(folder: Path, recursive: bool = False) -> list[Path]:
-    """Image files in ``folder`` (optionally below it), sorted by path; hidden files/folders skipped."""
+def _within(path: str, folder: str) -> bool:
+    """True if the real path ``path`` is ``folder`` or below it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _sort_out(here: Path, names: list[str], ignored: Ignored | None) -> list[Path]:
+    """The image files among ``names`` in ``here``; the hidden and other files go to ``ignored``."""
+    found = []
+    for name in names:
+        path = here / name
+        if is_image_file(path):
+            found.append(path)
+        elif ignored is not None and name.startswith("."):
+            ignored.hidden.append(path)
+        elif ignored is not None and path.suffix.lower() not in IMAGE_EXTENSIONS and path.is_file():
+            ignored.other.append(path)
+    return found
+
+
+def list_images(folder: Path, recursive: bool = False, ignored: Ignored | None = None) -> list[Path]:
+    """Image files in ``folder`` (optionally below it), sorted by path; hidden files/folders skipped.
+
+    Args:
+        folder: The folder to list (a missing folder gives an empty list).
+        recursive: Also list the subfolders (symlinked ones too, each real folder once).
+        ignored: When given, filled with what was left out: hidden entries, files without an image
+            extension and symlink loops (see :class:`Ignored`). The return value is the same.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return []
     if not recursive:
-        found = [folder / e.name for e in os.scandir(folder) if is_image_file(folder / e.name)]
-        return sorted(found)
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        hidden_dirs = [e.name for e in entries if e.name.startswith(".") and e.is_dir()]
+        if ignored is not None:
+            ignored.hidden.extend(folder / d for d in hidden_dirs)
+        return sorted(_sort_out(folder, [e.name for e in entries if e.name not in hidden_dirs], ignored))
     found = []
     seen: set[tuple[int, int]] = set()
-    # followlinks=True so symlinked class folders work; `seen` (device, inode) stops symlink loops.
+    # followlinks=True so symlinked class folders work. A link back to the folder itself or one of
+    # its parents (a loop) is never entered; `seen` (device, inode) lists any other folder once.
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         st = os.stat(dirpath)
         if (st.st_dev, st.st_ino) in seen:
             dirnames[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        here = Path(dirpath)
-        found.extend(here / f for f in filenames if is_image_file(here / f))
+        here, real_here = Path(dirpath), os.path.realpath(dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            sub = here / d
+            if d.startswith("."):
+                if ignored is not None:
+                    ignored.hidden.append(sub)
+            elif os.path.islink(sub) and _within(real_here, target := os.path.realpath(sub)):
+                if ignored is not None:
+                    ignored.loops.append((sub, Path(target)))
+            else:
+                keep.append(d)
+        dirnames[:] = keep
+        found.extend(_sort_out(here, sorted(filenames), ignored))
     return sorted(found)
 
 
+# check_image's reasons start with one of these; skip_kind maps them to the short name the
+# dataset summary counts ("skipped: 3 files (2 truncated, 1 empty)").
+_KINDS = {
+    "not a file": "not a file",
+    "empty file": "empty",
+    "not a recognised image": "not an image",
+    "truncated": "truncated",
+    "too many pixels": "too large",
+}
+
+
+def skip_kind(reason: str) -> str:
+    """Short name of a :func:`check_image` reason, for counts: ``"truncated"``, ``"empty"``, ..."""
+    return next((kind for prefix, kind in _KINDS.items() if reason.startswith(prefix)), "unreadable")
+
+
 def check_image(path: Path) -> str | None:
-    """Cheap validity check (open + verify headers). Returns None if OK, else a short reason."""
+    """Cheap validity check. Returns None if the file decodes, else a short reason; never raises.
+
+    JPEGs are decoded at 1/8 scale (libjpeg still reads every byte, so truncation is caught at a
+    fraction of a full decode's cost); PNGs are verified (every chunk's CRC); other formats, whose
+    ``verify()`` checks little or nothing, are decoded (the first frame).
+    """
     path = Path(path)
     try:
         if not path.is_file():
             return "not a file"
         if path.stat().st_size == 0:
             return "empty file (0 bytes)"
-        with Image.open(path) as im:
-            im.verify()
+        # Pillow's own warnings (TIFF's "Truncated File Read", the decompression-bomb warning of
+        # Image.open) name no file; the reason does, and load_image warns again when it decodes.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                if im.format in ("JPEG", "MPO"):
+                    im.draft(im.mode, (1, 1))  # the smallest scale libjpeg offers: 1/8
+                    im.load()
+                elif im.format == "PNG":
+                    im.verify()
+                else:
+                    im.load()
     except UnidentifiedImageError:
         return "not a recognised image format"
     except Image.DecompressionBombError as e:
         return f"too many pixels (decompression-bomb guard): {e}"
     except Exception as e:  # any decoder error means "skip this file", never "stop the run"
-        return f"unreadable image ({type(e).__name__}: {e})".strip()
+        detail = f"{type(e).__name__}: {e}".strip()
+        if "truncated" in str(e).lower():  # "image file is truncated", "Truncated File Read"
+            return f"truncated file ({detail})"
+        return f"unreadable image ({detail})"
     return None
 
 
