@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from graft.data.loaders import Batch
-from graft.errors import GraftError
+from graft.errors import GraftError, SkippedFileWarning
 from graft.training.distributed import all_sum, quiet, world
 from graft.training.memory import Pieces
 from graft.training.runtime import autocast, channels_last
@@ -169,4 +169,4 @@ def infer(
 def warn_failed(failed: Sequence[int], paths: Sequence[object]) -> None:
     """One warning per file that could not be decoded during a pass."""
     for i in failed:
-        warnings.warn(f"skipped {paths[i]}: the image could not be decoded", stacklevel=2)
+        warnings.warn(f"skipped {paths[i]}: the image could not be decoded", SkippedFileWarning, stacklevel=2)
