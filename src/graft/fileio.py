@@ -24,10 +24,6 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        # mkstemp makes the file private (0600); give it the mode open() would have (0666 - umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         try:
             write(tmp)
         except Exception as e:
@@ -35,6 +31,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
             if type(e).__name__ == "SafetensorError":
                 raise OSError(str(e)) from e
             raise
+        # mkstemp makes the file private (0600); give it the mode open() would have (0666 - umask).
+        # After the write: safetensors replaces the file, so a mode set before would be lost.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -72,3 +72,16 @@ def test_metadata_is_plain_json(tmp_path):
     run = save_bundle(tmp_path / "run", _state(), META, [])
     meta = json.loads((run / META_FILE).read_text())
     assert len(meta["weights_sha256"]) == 64
+
+
+def test_bundle_files_get_the_umask_mode(tmp_path):
+    """Not mkstemp's private 0600: a run folder is shared like any file the user writes."""
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        save_bundle(tmp_path / "run", {"w": torch.ones(2)}, {"model": {}}, [{"epoch": 1}])
+    finally:
+        os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").iterdir()}
+    assert modes == {"model.safetensors": 0o644, "graft.json": 0o644, "history.csv": 0o644}
