@@ -86,7 +86,8 @@ def save_checkpoint(
     Args:
         progress: Where training stands.
         model: The network (its current weights).
-        best: The best weights so far, or None when they are the current ones.
+        best: The best weights so far, or None when they are the current ones (only the tensors
+            that differ from the current ones are stored).
         optimizer: The optimizer of the phase in progress (None between phases).
         scheduler: Its learning-rate scheduler.
         generators: Named generators besides the global ones (e.g. the cached-feature shuffle).
@@ -96,9 +97,11 @@ def save_checkpoint(
         False (with a warning) if the file could not be written, e.g. on a full disk: training
         goes on, and the previous checkpoint is left as it was.
     """
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    current = model.state_dict()
+    tensors = {f"model.{k}": v for k, v in current.items()}
     if best is not None:
-        tensors.update({f"best.{k}": v for k, v in best.items()})
+        # Only what differs: while the body is frozen, that is the head (half the file, half the time).
+        tensors.update({f"best.{k}": v for k, v in best.items() if not torch.equal(v, current[k])})
     scalars: dict[str, object] = {}
     groups = None
     if optimizer is not None:
@@ -120,6 +123,7 @@ def save_checkpoint(
     tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
     body = {
         "format": FORMAT,
+        "best": best is not None,
         "progress": dataclasses.asdict(progress),
         "optimizer": None if groups is None else {"param_groups": groups, "scalars": scalars},
         "scheduler": None if scheduler is None else scheduler.state_dict(),
@@ -179,10 +183,11 @@ def read_checkpoint(run_dir: str | Path) -> Checkpoint:
     rng["cuda"] = [tensors[f"rng.cuda.{i}"] for i in range(len(part("rng.cuda.")))]
     rng["generators"] = part("rng.gen.")
     rng["numpy_keys"] = tensors["rng.numpy"]
+    weights = part("model.")
     return Checkpoint(
         progress=progress,
-        model=part("model."),
-        best=part("best.") or None,
+        model=weights,
+        best={**weights, **part("best.")} if body.get("best") else None,
         optimizer=optimizer,
         scheduler=body["scheduler"],
         rng=rng,
