@@ -52,3 +52,18 @@ def test_train_on_a_messy_folder(tmp_path, capsys, monkeypatch):
     record = json.loads((tmp_path / "run" / "graft.json").read_text())["split"]
     listed = [(rel, label) for rows in record["splits"].values() for rel, label in rows]
     assert sorted(listed) == sorted((p.relative_to(data).as_posix(), p.parent.name) for p in good)
+
+
+def test_thousands_of_bad_files_do_not_bury_the_log(tmp_path, capsys, monkeypatch):
+    from graft.cli.main import MAX_SKIP_WARNINGS
+
+    data = make_image_folder(tmp_path / "data", {"cat": 6, "dog": 6}, size=(16, 12))
+    for i in range(MAX_SKIP_WARNINGS + 10):
+        (data / "cat" / f"broken_{i:03d}.jpg").write_bytes(b"not a jpeg")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", str(data), "--out", str(tmp_path / "run"), *CHEAP]) == 0
+    captured = capsys.readouterr()
+    warned = [line for line in captured.err.splitlines() if line.startswith("graft: warning: skipping ")]
+    assert len(warned) == MAX_SKIP_WARNINGS
+    assert captured.err.count("more files skipped, not listed (the summary counts them)") == 1
+    assert f"skipped: {MAX_SKIP_WARNINGS + 10} files" in captured.out

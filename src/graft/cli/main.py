@@ -20,7 +20,22 @@ from graft.errors import GraftError
 EXIT_USAGE = 2
 
 
+# A folder with thousands of bad files must not bury the log: the summary counts them all.
+MAX_SKIP_WARNINGS = 50
+_skips_shown = 0
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    global _skips_shown
+    from graft.errors import SkippedFileWarning
+
+    if issubclass(category, SkippedFileWarning):
+        _skips_shown += 1
+        if _skips_shown > MAX_SKIP_WARNINGS:
+            if _skips_shown == MAX_SKIP_WARNINGS + 1:
+                more = "more files skipped, not listed (the summary counts them)"
+                print(f"graft: warning: {more}", file=sys.stderr)
+            return
     print(f"graft: warning: {message}", file=sys.stderr)
 
 
@@ -284,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``graft`` command; returns the exit code."""
+    global _skips_shown
     warnings.showwarning = _show_warning
+    _skips_shown = 0
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
