@@ -91,6 +91,8 @@ def test_kill_9_then_resume_ends_like_the_uninterrupted_run(tmp_path: Path, monk
 
 def test_resume_refuses_other_options_and_finished_runs(tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
+    assert main(["train"]) == 2
+    assert "the dataset folder is missing" in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--epochs", "3"]) == 2
     assert "drop --epochs" in capsys.readouterr().err
     assert main(["train", "--resume", str(run)]) == 2

@@ -160,7 +160,7 @@ def _check_no_run(out: Path, overwrite: bool) -> None:
                 f"{out} holds an interrupted run: continue it with graft train --resume {out}, "
                 "or pass --overwrite to start again"
             )
-        (out / CHECKPOINT_FILE).unlink()
+        (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # every rank gets here
 
 
 def _check_writable(out: Path) -> None:
