@@ -146,24 +146,41 @@ def save_checkpoint(
     return True
 
 
-def read_checkpoint(run_dir: str | Path) -> Checkpoint:
-    """Read ``run_dir/checkpoint.safetensors``.
-
-    Raises:
-        GraftError: If there is none, or it is not a graft checkpoint.
-    """
+def _open(run_dir: str | Path, tensors: bool) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The checkpoint's JSON body and (if asked) its tensors, checked to be a graft checkpoint."""
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():
         raise GraftError(f"no checkpoint to resume in {run_dir}: {CHECKPOINT_FILE} is missing")
     try:
         with safe_open(str(path), framework="pt") as f:
             body = json.loads((f.metadata() or {})["graft"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
-        progress = Progress(**body["progress"])
+            found = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118
+        Progress(**body["progress"])
         if body.get("format") != FORMAT:
             raise ValueError(f"unsupported checkpoint format {body.get('format')!r}")
     except Exception as e:  # a damaged file must be one clear line, whatever the parser raised
         raise GraftError(f"{path} is not a readable graft checkpoint: {e}") from None
+    return body, found
+
+
+def checkpoint_meta(run_dir: str | Path) -> dict:
+    """What a resume rebuilds the learner from (config, split, model, preprocessing), without
+    reading the tensors.
+
+    Raises:
+        GraftError: If there is no checkpoint, or it is not a graft checkpoint.
+    """
+    return _open(run_dir, tensors=False)[0]["meta"]
+
+
+def read_checkpoint(run_dir: str | Path) -> Checkpoint:
+    """Read ``run_dir/checkpoint.safetensors``.
+
+    Raises:
+        GraftError: If there is none, or it is not a graft checkpoint.
+    """
+    body, tensors = _open(run_dir, tensors=True)
+    progress = Progress(**body["progress"])
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -215,7 +232,7 @@ def remove_checkpoint(run_dir: str | Path) -> None:
 
 
 # Options that may change between a run and its resume: they do not change what is computed.
-_MAY_DIFFER = ("device", "workers", "out", "report")
+MAY_DIFFER = ("device", "workers", "out", "report")
 
 
 def matching_checkpoint(run_dir: str | Path, cfg_dict: dict, split: dict) -> Checkpoint | None:
@@ -252,7 +269,7 @@ def _matching(run_dir: str | Path, cfg_dict: dict, split: dict) -> Checkpoint | 
     differ = sorted(
         k
         for k in set(saved) | set(cfg_dict)
-        if k not in _MAY_DIFFER
+        if k not in MAY_DIFFER
         and saved.get(k) != cfg_dict.get(k)
         and not (k == "lr" and cfg_dict.get(k) == "auto")
     )

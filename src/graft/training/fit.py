@@ -119,14 +119,18 @@ def fit(
     val_labels = torch.tensor([s.label for s in val_samples], dtype=torch.long)
     train_loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss()
-    meta = {
-        "config": cfg.to_dict(),
-        "split": data.to_record(),
-        "classes": list(data.classes),
-        "model": spec.to_dict(),
-        "preprocessing": pre.to_dict(),
-    }
     write = checkpoint is not None and world().is_main
+    meta = (
+        {
+            "config": cfg.to_dict(),
+            "split": data.to_record(),
+            "classes": list(data.classes),
+            "model": spec.to_dict(),
+            "preprocessing": pre.to_dict(),
+        }
+        if write
+        else {}
+    )
 
     phases = plan_phases(cfg, [name for name, _ in body_blocks(model, spec)])
     cached = cfg.cache_features and feature_head(model, spec) is not None

@@ -33,7 +33,7 @@ from graft.evaluation.predictions import Prediction, top_k
 from graft.export.bundle import load_bundle, read_history, save_bundle
 from graft.models import ModelSpec, build_model, create_model
 from graft.models.fuse import inference_model
-from graft.training.checkpoint import matching_checkpoint, read_checkpoint
+from graft.training.checkpoint import MAY_DIFFER, checkpoint_meta, matching_checkpoint
 from graft.training.distributed import broadcast, local, main_only, world
 from graft.training.features import feature_head
 from graft.training.fit import fit
@@ -177,7 +177,7 @@ class Learner:
         resume = matching_checkpoint(checkpoint, cfg.to_dict(), self.data.to_record()) if checkpoint else None
         resumed_after = resume.progress.epoch if resume is not None else None  # fit moves it on
         if resume is not None:
-            keep = {k: getattr(cfg, k) for k in ("device", "workers", "out", "report")}
+            keep = {k: getattr(cfg, k) for k in MAY_DIFFER}
             cfg = dataclasses.replace(TrainConfig.from_dict(resume.meta["config"]), **keep)
         found = None
         if cfg.lr == "auto":
@@ -426,7 +426,7 @@ def resume_learner(run_dir: str | Path, device: str = "auto") -> Learner:
     Raises:
         GraftError: If there is no readable checkpoint, or files of its split are gone.
     """
-    meta = read_checkpoint(run_dir).meta
+    meta = checkpoint_meta(run_dir)  # the tensors are read once, by fit
     cfg = TrainConfig.from_dict(meta["config"])
     cfg.device = device
     data = ImageData.from_record(meta["split"]["root"], meta["split"])
