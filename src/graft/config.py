@@ -14,7 +14,7 @@ from typing import Any
 from graft.errors import GraftError
 
 MODES = ("features", "finetune", "full", "scratch")
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("onecycle", "step", "cosine")
 MONITORS = ("val_loss", "val_acc")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -25,8 +25,8 @@ CACHED_FROZEN_EPOCHS, IMAGE_FROZEN_EPOCHS = 10, 3
 AUTO_UNFROZEN_EPOCHS, AUTO_UNFREEZE_BELOW = 3, 0.95
 
 # Learning-rate and weight-decay defaults per optimizer (fastai's and torchvision's usual values).
-DEFAULT_LR = {"adamw": 2e-3, "sgd": 1e-2}
-DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2, "sgd": 1e-4}
+DEFAULT_LR = {"adamw": 2e-3, "adam": 1e-3, "sgd": 1e-2}
+DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2, "adam": 0.0, "sgd": 1e-4}
 
 
 def parse_lr(text: str) -> float | str:
@@ -127,11 +127,21 @@ class TrainConfig:
             parse=parse_lr,
         ),
     )
-    lr_mult: float = field(default=100.0, metadata=_opt("finetune: head lr / first body block lr"))
+    lr_mult: float | None = field(
+        default=None,
+        metadata=_opt(
+            "head lr / first trained body block lr, rates spaced geometrically between them "
+            "(default: finetune 100; full and scratch 1, one rate for all)"
+        ),
+    )
     optimizer: str = field(default="adamw", metadata=_opt("optimizer", choices=OPTIMIZERS))
     momentum: float = field(default=0.9, metadata=_opt("SGD momentum"))
     weight_decay: float | None = field(
-        default=None, metadata=_opt("weight decay (not applied to norms and biases)")
+        default=None,
+        metadata=_opt(
+            "weight decay, not applied to norms and biases (default: adamw 0.01, decoupled; "
+            "adam 0, added to the gradient; sgd 1e-4)"
+        ),
     )
     schedule: str = field(default="onecycle", metadata=_opt("learning-rate schedule", choices=SCHEDULES))
     step_size: int = field(default=7, metadata=_opt("step schedule: epochs between decays"))
@@ -206,6 +216,8 @@ class TrainConfig:
             c.lr = DEFAULT_LR[c.optimizer]
         if isinstance(c.lr, str) and c.lr != "auto":
             raise GraftError(f"lr must be a number or 'auto', not '{c.lr}'")
+        if c.lr_mult is None:
+            c.lr_mult = 100.0 if c.mode == "finetune" else 1.0
         if c.weight_decay is None:
             c.weight_decay = DEFAULT_WEIGHT_DECAY[c.optimizer]
         checks = [

@@ -35,4 +35,5 @@ def test_eval_result_loss_and_accuracy_from_probs():
     assert set(d) >= {"accuracy", "loss", "n", "classes", "per_class", "confusion"}
     assert d["n"] == 3 and sum(map(sum, d["confusion"])) == 3
     text = result.format()
-    assert "accuracy 0.6667" in text and "confusion matrix" in text
+    assert result.correct == 2
+    assert "accuracy 0.6667 (2/3)" in text and "confusion matrix" in text

@@ -40,6 +40,32 @@ def test_mode_plans():
     assert full.blocks == BLOCKS and full.lr_mult == 1.0 and full.lr == 0.01
 
 
+def test_full_mode_takes_discriminative_rates_when_asked(resnet):
+    # fastai's fit_one_cycle(n, slice(1e-5, 3e-4)): first block 1e-5, head 3e-4.
+    model, spec = resnet
+    (phase,) = plan_phases(TrainConfig(data="d", mode="full", lr=3e-4, lr_mult=30).resolved(), BLOCKS)
+    groups = apply_phase(model, spec, phase)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    block_lrs = [lr_of[id(params[0])] for _, params in body_blocks(model, spec)]
+    assert block_lrs[0] == pytest.approx(1e-5) and lr_of[id(model.fc.weight)] == pytest.approx(3e-4)
+    assert all(a < b for a, b in pairwise(block_lrs))
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "kind", "weight_decay"),
+    [("adamw", torch.optim.AdamW, 1e-2), ("adam", torch.optim.Adam, 0.0), ("sgd", torch.optim.SGD, 1e-4)],
+)
+def test_optimizers_and_their_default_weight_decay(resnet, optimizer, kind, weight_decay):
+    model, spec = resnet
+    cfg = TrainConfig(data="d", mode="features", optimizer=optimizer).resolved()
+    (phase,) = plan_phases(cfg, BLOCKS)
+    opt = make_optimizer(apply_phase(model, spec, phase), cfg)
+    assert type(opt) is kind
+    assert cfg.weight_decay == weight_decay
+    # Adam adds the decay to the gradient (L2), AdamW decouples it: torch's own classes do each.
+    assert [g["weight_decay"] for g in opt.param_groups] == [weight_decay, 0.0]
+
+
 def test_frozen_phase_trains_only_the_head(resnet):
     model, spec = resnet
     cfg = TrainConfig(data="d", mode="features", lr=0.1).resolved()

@@ -100,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if labeled_test:
         result = interp.result
         learn.metrics.update(test_acc=result.accuracy, test_loss=result.loss, test_n=result.n)
-        print(f"test: accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  ({result.n} images)")
+        print(f"test: accuracy {result.accuracy:.4f} ({result.correct}/{result.n})  loss {result.loss:.4f}")
     try:
         learn.save(out)
     except GraftError as e:

@@ -63,6 +63,11 @@ class EvalResult:
             skipped=skipped,
         )
 
+    @property
+    def correct(self) -> int:
+        """Images whose top-1 prediction is their true class."""
+        return int(np.trace(self.confusion))
+
     def to_dict(self) -> dict:
         """JSON-ready dict: accuracy, loss, n, classes, per_class, confusion (rows = true class)."""
         return {
@@ -77,7 +82,7 @@ class EvalResult:
 
     def format(self, max_confusion_classes: int = 20) -> str:
         """A human-readable report: headline, per-class table and confusion matrix."""
-        lines = [f"accuracy {self.accuracy:.4f}   loss {self.loss:.4f}   images {self.n}"]
+        lines = [f"accuracy {self.accuracy:.4f} ({self.correct}/{self.n})   loss {self.loss:.4f}"]
         if self.skipped:
             lines[0] += f"   skipped {self.skipped}"
         width = max([len(c) for c in self.classes] + [5])

@@ -37,7 +37,9 @@ def plan_phases(cfg: TrainConfig, block_names: list[str]) -> list[Phase]:
 
     ``finetune`` follows fastai's ``fine_tune``: ``freeze_epochs`` with the body frozen at ``lr``,
     then ``epochs`` with the body unfrozen at ``lr / 2`` and discriminative rates down to
-    ``lr / 2 / lr_mult`` for the first block.
+    ``lr / 2 / lr_mult`` for the first block. ``full`` and ``scratch`` train at ``lr`` with rates
+    down to ``lr / lr_mult`` (fastai's ``fit_one_cycle(n, slice(lr / lr_mult, lr))``; ``lr_mult``
+    1 by default).
     """
     trainable = select_blocks(block_names, cfg.unfreeze) if cfg.unfreeze else list(block_names)
     phases = []
@@ -48,8 +50,8 @@ def plan_phases(cfg: TrainConfig, block_names: list[str]) -> list[Phase]:
             phases.append(Phase("frozen", cfg.freeze_epochs, cfg.lr, 1.0, []))
         if cfg.epochs:
             phases.append(Phase("unfrozen", cfg.epochs, cfg.lr / 2, cfg.lr_mult, trainable))
-    else:  # full, scratch
-        phases.append(Phase("full", cfg.epochs, cfg.lr, 1.0, trainable))
+    else:  # full, scratch: one rate (lr_mult 1) unless lr_mult asks for discriminative rates
+        phases.append(Phase("full", cfg.epochs, cfg.lr, cfg.lr_mult, trainable))
     return [p for p in phases if p.epochs > 0]
 
 
@@ -126,9 +128,11 @@ def set_train_mode(model: nn.Module, spec: ModelSpec, phase: Phase, freeze_bn: b
 
 
 def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD with momentum over ``groups``."""
+    """AdamW, Adam (weight decay added to the gradient, as torch's Adam) or SGD with momentum."""
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise GraftError(f"unknown optimizer '{cfg.optimizer}'")
