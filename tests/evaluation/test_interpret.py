@@ -73,6 +73,16 @@ def test_sample_is_seeded_and_in_evaluation_order(interp):
     assert len(interp.sample(50)) == 7
 
 
+def test_sample_per_class_takes_that_many_of_each_true_class(interp):
+    rows = interp.sample(per_class=2, seed=1)
+    assert [r["true"] for r in rows] == ["ant", "ant", "bee", "bee", "wasp", "wasp"]
+    order = [interp.paths.index(r["path"]) for r in rows]
+    assert order == sorted(order)
+    assert [r["path"] for r in interp.sample(per_class=2, seed=1)] == [r["path"] for r in rows]
+    assert [r["true"] for r in interp.sample(per_class=9)] == [CLASSES[i] for i in LABELS]
+    assert _decoded(interp.plot_predictions(per_class=1, cols=3)).size[0] > 200
+
+
 def _decoded(fig) -> Image.Image:
     image = Image.open(io.BytesIO(png_bytes(fig)))
     image.load()

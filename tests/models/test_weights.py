@@ -13,7 +13,7 @@ import torchvision
 from safetensors.torch import save_file
 
 from graft.errors import GraftError
-from graft.models import create_model
+from graft.models import create_model, find_pretrained
 
 RESNET18_FILE = "resnet18-f37072fd.pth"  # basename of ResNet18_Weights.DEFAULT.url
 
@@ -42,6 +42,13 @@ def test_torchvision_weights_from_seeded_torch_home(isolated_caches, resnet18_sd
     assert torch.equal(model.layer3[1].conv2.weight, resnet18_sd["layer3.1.conv2.weight"])
     assert torch.equal(model.bn1.running_var, resnet18_sd["bn1.running_var"])
     assert model.fc.out_features == 3 and spec.head_names == ["fc"]
+
+
+def test_find_pretrained_says_where_weights_are_without_building(isolated_caches, resnet18_sd) -> None:
+    assert find_pretrained("resnet18") is None
+    path = _seed_hub(isolated_caches["torch_home"], RESNET18_FILE, resnet18_sd)
+    assert find_pretrained("resnet18") == str(path)
+    assert find_pretrained("tf_efficientnet_lite0").endswith(".pth")  # bundled with graft's dependencies
 
 
 def test_missing_torchvision_weights_explain_what_to_do(isolated_caches) -> None:

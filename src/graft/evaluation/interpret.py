@@ -92,10 +92,18 @@ class Interpretation:
         order = np.argsort(-losses, kind="stable")[:k]
         return [self._row(int(i), float(losses[i])) for i in order]
 
-    def sample(self, n: int = 12, seed: int = 0) -> list[dict]:
-        """``n`` images picked at random (seeded), in evaluation order; rows as :meth:`top_losses`."""
+    def sample(self, n: int = 12, seed: int = 0, per_class: int | None = None) -> list[dict]:
+        """``n`` images picked at random (seeded), in evaluation order; rows as :meth:`top_losses`.
+
+        With ``per_class``, up to that many images of each true class instead (``n`` is ignored).
+        """
         rng = np.random.default_rng(seed)
-        chosen = np.sort(rng.choice(len(self.paths), size=min(n, len(self.paths)), replace=False))
+        if per_class is None:
+            picked = rng.choice(len(self.paths), size=min(n, len(self.paths)), replace=False)
+        else:
+            groups = [np.flatnonzero(self.labels == c) for c in range(len(self.classes))]
+            picked = np.concatenate([[], *(rng.permutation(g)[:per_class] for g in groups)])
+        chosen = np.sort(picked.astype(np.int64))
         losses = self.losses
         return [self._row(int(i), float(losses[i])) for i in chosen]
 
@@ -133,8 +141,12 @@ class Interpretation:
             cols,
         )
 
-    def plot_predictions(self, n: int = 12, cols: int = 4, seed: int = 0) -> Figure:
-        """A random (seeded) grid of images, captioned with prediction and truth; wrong ones in red."""
+    def plot_predictions(
+        self, n: int = 12, cols: int = 4, seed: int = 0, per_class: int | None = None
+    ) -> Figure:
+        """A random (seeded) grid of images, captioned with prediction and truth; wrong ones in red.
+
+        ``per_class``: that many images of each true class instead of ``n`` overall."""
         from graft.evaluation.plots import plot_image_grid
 
         return plot_image_grid(
@@ -144,7 +156,7 @@ class Interpretation:
                     f"pred {r['pred']} ({r['prob']:.2f})\ntrue {r['true']}",
                     WRONG if r["true"] != r["pred"] else RIGHT,
                 )
-                for r in self.sample(n, seed)
+                for r in self.sample(n, seed, per_class)
             ],
             cols,
         )

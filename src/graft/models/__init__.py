@@ -5,6 +5,7 @@ from graft.models.factory import (
     body_blocks,
     build_model,
     create_model,
+    find_pretrained,
     head_parameters,
     list_architectures,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "body_blocks",
     "build_model",
     "create_model",
+    "find_pretrained",
     "head_parameters",
     "list_architectures",
     "read_state_dict",

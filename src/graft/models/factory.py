@@ -280,6 +280,17 @@ def head_parameters(model: nn.Module, spec: ModelSpec) -> list[nn.Parameter]:
     return params
 
 
+def find_pretrained(arch: str) -> str | None:
+    """Where the ImageNet weights of ``arch`` are on this machine, or None; nothing is downloaded.
+
+    For recipes that fall back to a bundled body when the one a tutorial names is not cached:
+    ``arch = "densenet121" if find_pretrained("densenet121") else "tf_efficientnet_lite0"``.
+    """
+    source, name = registry.resolve(arch)
+    status, where = registry.weights_status(source, name)
+    return None if status == "missing" else where
+
+
 def list_architectures(pattern: str | None = None) -> list[dict]:
     """Rows ``{"name", "source", "weights": "bundled"|"cached"|"missing", "where": path-or-hint}``.
 
