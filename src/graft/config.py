@@ -61,10 +61,19 @@ class TrainConfig:
         default=True, metadata=_opt("train-time augmentation (crop, flip, rotation, jitter)")
     )
     min_scale: float = field(default=0.35, metadata=_opt("smallest area fraction of the random resized crop"))
+    crop_padding: int = field(
+        default=0,
+        metadata=_opt(
+            "random crop of the input size after zero-padding each side by this many pixels, "
+            "instead of the random resized crop (CIFAR style)"
+        ),
+    )
     rotate: float = field(default=10.0, metadata=_opt("largest random rotation in degrees"))
     jitter: float = field(default=0.2, metadata=_opt("brightness/contrast/saturation jitter"))
     # --- model ---
-    arch: str = field(default="tf_efficientnet_lite0", metadata=_opt("timm or torchvision architecture name"))
+    arch: str = field(
+        default="tf_efficientnet_lite0", metadata=_opt("timm, torchvision or graft architecture name")
+    )
     pretrained: bool = field(default=True, metadata=_opt("start from ImageNet weights"))
     weights: str | None = field(default=None, metadata=_opt("pretrained weights file (.safetensors or .pth)"))
     head: int | None = field(
@@ -215,6 +224,7 @@ class TrainConfig:
             ((c.lr == "auto" or c.lr > 0) and c.lr_mult >= 1, "lr must be > 0 and lr-mult >= 1"),
             (0 <= c.label_smoothing < 1, "label smoothing must be in [0, 1)"),
             (0 < c.min_scale <= 1, "min-scale must be in (0, 1]"),
+            (c.crop_padding >= 0, "crop-padding must be >= 0"),
             (c.head is None or c.head >= 1, "head width must be >= 1"),
             (c.input_size is None or c.input_size >= 16, "input size must be >= 16 pixels"),
             (c.patience is None or c.patience >= 1, "patience must be >= 1"),
