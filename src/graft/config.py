@@ -18,6 +18,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "step", "cosine")
 MONITORS = ("val_loss", "val_acc")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+NORMALIZE = ("model", "data")
 
 # Epochs whose default depends on whether the frozen phase runs on cached features.
 CACHED_FROZEN_EPOCHS, IMAGE_FROZEN_EPOCHS = 10, 3
@@ -70,6 +71,14 @@ class TrainConfig:
     )
     rotate: float = field(default=10.0, metadata=_opt("largest random rotation in degrees"))
     jitter: float = field(default=0.2, metadata=_opt("brightness/contrast/saturation jitter"))
+    normalize: str = field(
+        default="model",
+        metadata=_opt(
+            "model: the mean/std of the model's pretrained config; data: per-channel mean and std of "
+            "the training images (computed once, saved with the run; for models trained from scratch)",
+            choices=NORMALIZE,
+        ),
+    )
     # --- model ---
     arch: str = field(
         default="tf_efficientnet_lite0", metadata=_opt("timm, torchvision or graft architecture name")
@@ -190,6 +199,8 @@ class TrainConfig:
             raise GraftError(f"unknown schedule '{c.schedule}'; choose one of {', '.join(SCHEDULES)}")
         if c.monitor not in MONITORS:
             raise GraftError(f"unknown monitor '{c.monitor}'; choose one of {', '.join(MONITORS)}")
+        if c.normalize not in NORMALIZE:
+            raise GraftError(f"unknown normalize '{c.normalize}'; choose one of {', '.join(NORMALIZE)}")
         if c.mode == "scratch":
             c.pretrained = False
         if not c.pretrained and not c.weights:
