@@ -25,6 +25,8 @@ def test_resolved_fills_per_optimizer_defaults():
         {"batch_size": 0},
         {"label_smoothing": 1.0},
         {"mode": "features", "unfreeze": ["layer4"]},
+        {"crop_padding": -1},
+        {"normalize": "imagenet"},
     ],
 )
 def test_bad_values_are_refused(kwargs):
@@ -56,3 +58,22 @@ def test_train_flags_map_onto_config():
     assert cfg.unfreeze == ["layer3", "layer4"] and cfg.head == 512
     assert cfg.optimizer == "sgd" and cfg.lr == 0.05 and cfg.pretrained is False
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_crop_padding_flag_and_runs_saved_before_it():
+    cfg = config_from_args(build_parser().parse_args(["train", "DATA", "--crop-padding", "4"]))
+    assert cfg.crop_padding == 4 and cfg.resolved().crop_padding == 4
+    old = TrainConfig(data="d").to_dict()
+    del old["crop_padding"]  # graft.json of a run from before this option
+    assert TrainConfig.from_dict(old) == TrainConfig(data="d")
+
+
+def test_normalize_flag_and_runs_saved_before_it():
+    cfg = config_from_args(build_parser().parse_args(["train", "DATA", "--normalize", "data"]))
+    assert cfg.normalize == "data" and cfg.resolved().normalize == "data"
+    assert TrainConfig().normalize == "model"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "DATA", "--normalize", "imagenet"])
+    old = TrainConfig(data="d").to_dict()
+    del old["normalize"]
+    assert TrainConfig.from_dict(old) == TrainConfig(data="d")

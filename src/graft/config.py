@@ -18,6 +18,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("onecycle", "step", "cosine")
 MONITORS = ("val_loss", "val_acc")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+NORMALIZE = ("model", "data")
 
 # Epochs whose default depends on whether the frozen phase runs on cached features.
 CACHED_FROZEN_EPOCHS, IMAGE_FROZEN_EPOCHS = 10, 3
@@ -61,10 +62,27 @@ class TrainConfig:
         default=True, metadata=_opt("train-time augmentation (crop, flip, rotation, jitter)")
     )
     min_scale: float = field(default=0.35, metadata=_opt("smallest area fraction of the random resized crop"))
+    crop_padding: int = field(
+        default=0,
+        metadata=_opt(
+            "random crop of the input size after zero-padding each side by this many pixels, "
+            "instead of the random resized crop (CIFAR style)"
+        ),
+    )
     rotate: float = field(default=10.0, metadata=_opt("largest random rotation in degrees"))
     jitter: float = field(default=0.2, metadata=_opt("brightness/contrast/saturation jitter"))
+    normalize: str = field(
+        default="model",
+        metadata=_opt(
+            "model: the mean/std of the model's pretrained config; data: per-channel mean and std of "
+            "the training images (computed once, saved with the run; for models trained from scratch)",
+            choices=NORMALIZE,
+        ),
+    )
     # --- model ---
-    arch: str = field(default="tf_efficientnet_lite0", metadata=_opt("timm or torchvision architecture name"))
+    arch: str = field(
+        default="tf_efficientnet_lite0", metadata=_opt("timm, torchvision or graft architecture name")
+    )
     pretrained: bool = field(default=True, metadata=_opt("start from ImageNet weights"))
     weights: str | None = field(default=None, metadata=_opt("pretrained weights file (.safetensors or .pth)"))
     head: int | None = field(
@@ -191,6 +209,8 @@ class TrainConfig:
             raise GraftError(f"unknown schedule '{c.schedule}'; choose one of {', '.join(SCHEDULES)}")
         if c.monitor not in MONITORS:
             raise GraftError(f"unknown monitor '{c.monitor}'; choose one of {', '.join(MONITORS)}")
+        if c.normalize not in NORMALIZE:
+            raise GraftError(f"unknown normalize '{c.normalize}'; choose one of {', '.join(NORMALIZE)}")
         if c.mode == "scratch":
             c.pretrained = False
         if not c.pretrained and not c.weights:
@@ -227,6 +247,7 @@ class TrainConfig:
             ((c.lr == "auto" or c.lr > 0) and c.lr_mult >= 1, "lr must be > 0 and lr-mult >= 1"),
             (0 <= c.label_smoothing < 1, "label smoothing must be in [0, 1)"),
             (0 < c.min_scale <= 1, "min-scale must be in (0, 1]"),
+            (c.crop_padding >= 0, "crop-padding must be >= 0"),
             (c.head is None or c.head >= 1, "head width must be >= 1"),
             (c.input_size is None or c.input_size >= 16, "input size must be >= 16 pixels"),
             (c.patience is None or c.patience >= 1, "patience must be >= 1"),

@@ -83,3 +83,13 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
     with pytest.raises(GraftError, match="other data"):
         matching_checkpoint(tmp_path, same, {**split, "classes": ["a", "c"]})
     assert matching_checkpoint(tmp_path / "nothing-here", same, split) is None
+
+
+def test_a_checkpoint_from_before_an_option_existed_matches_its_default(tmp_path: Path) -> None:
+    split = {"classes": ["a", "b"], "splits": {"train": [["a/1.png", "a"]]}}
+    meta = {"config": {"epochs": 3}, "split": split}  # written before normalize and crop_padding
+    save_checkpoint(tmp_path, Progress(epoch=1), _model(), None, None, None, {}, meta)
+    now = {"epochs": 3, "normalize": "model", "crop_padding": 0}
+    assert matching_checkpoint(tmp_path, now, split).progress.epoch == 1
+    with pytest.raises(GraftError, match=r"other options \(crop_padding, normalize\)"):
+        matching_checkpoint(tmp_path, {**now, "normalize": "data", "crop_padding": 4}, split)

@@ -112,3 +112,33 @@ def test_prediction_reuses_its_folded_copy_until_the_weights_change(trained, tmp
     _, changed = loaded.predict_probs(files)
     assert loaded._inference_model() is not fast
     assert (changed.argmax(1) == 0).all() and not (first.argmax(1) == 0).all()
+
+
+def test_normalize_data_and_a_cifar_resnet_trained_from_layer4(tmp_path):
+    from graft.data import Preprocessing, channel_stats
+    from graft.training.features import feature_head
+    from tests.conftest import make_image_folder
+
+    make_image_folder(tmp_path / "train", {"red": 4, "blue": 4}, size=(36, 32), seed=1)
+    make_image_folder(tmp_path / "val", {"red": 2, "blue": 2}, size=(36, 32), seed=2)
+    data = ImageData.from_folder(tmp_path)
+    with pytest.raises(GraftError, match="normalize"):
+        Learner(data, "cifar_resnet18", pretrained=False, normalize="imagenet")
+    learn = Learner(data, "cifar_resnet18", pretrained=False, normalize="data", workers=0)
+    expected = channel_stats(data.splits["train"], Preprocessing(input_size=32, crop_pct=1.0), workers=0)
+    assert (learn.preprocessing.mean, learn.preprocessing.std) == expected
+    assert learn.config.normalize == "data" and feature_head(learn.model, learn.spec) is not None
+    with pytest.raises(GraftError, match="normalize"):
+        learn.fit(normalize="model")
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        learn.fit(mode="scratch", unfreeze=["layer4"], epochs=1, batch_size=4, workers=0, log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    after = learn.model.state_dict()
+    assert torch.equal(after["conv1.weight"], before["conv1.weight"])
+    assert torch.equal(after["layer3.1.conv2.weight"], before["layer3.1.conv2.weight"])
+    assert not torch.equal(after["layer4.1.conv2.weight"], before["layer4.1.conv2.weight"])
+    assert not torch.equal(after["fc.weight"], before["fc.weight"])

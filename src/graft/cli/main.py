@@ -84,8 +84,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     pre = learn.preprocessing
     print(
         f"model: {spec.source}:{spec.arch} ({'pretrained' if cfg.pretrained else 'random init'}), "
-        f"input {pre.input_size}px {pre.interpolation}, mean {_fmt(pre.mean)}, std {_fmt(pre.std)}, "
-        f"mode {cfg.mode}, device {learn.device}"
+        f"input {pre.input_size}px {pre.interpolation}, mean {_fmt(pre.mean)}, std {_fmt(pre.std)}"
+        + (" (of the training images)" if cfg.normalize == "data" else "")
+        + f", mode {cfg.mode}, device {learn.device}"
         + (f" × {ranks.size} processes ({distributed.backend()})" if ranks.enabled else "")
     )
     learn.fit(dataclasses.replace(raw or cfg, out=str(out)), checkpoint=out)

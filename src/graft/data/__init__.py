@@ -16,6 +16,7 @@ _EXPORTS = {
     "ImageData": "graft.data.dataset",
     "Preprocessing": "graft.data.transforms",
     "Sample": "graft.data.dataset",
+    "channel_stats": "graft.data.stats",
     "eval_transform": "graft.data.transforms",
     "is_image_file": "graft.data.images",
     "list_images": "graft.data.images",
@@ -32,6 +33,7 @@ __all__ = [
     "ImageData",
     "Preprocessing",
     "Sample",
+    "channel_stats",
     "eval_transform",
     "is_image_file",
     "list_images",
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from graft.data.dataset import ImageData, Sample, load_class_folder
     from graft.data.images import IMAGE_EXTENSIONS, is_image_file, list_images, load_image
     from graft.data.loaders import Batch, make_loader
+    from graft.data.stats import channel_stats
     from graft.data.transforms import Augmentation, Preprocessing, eval_transform, train_transform
 
 

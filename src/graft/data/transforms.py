@@ -60,6 +60,9 @@ class Augmentation:
     Attributes:
         enabled: Apply augmentation at all.
         min_scale: Smallest area fraction kept by the random resized crop.
+        crop_padding: When > 0, CIFAR-style cropping instead of the random resized crop: the eval
+            view (resize and centre crop), zero-padded by this many pixels on each side, then a
+            random crop of the input size (a shift of up to this many pixels).
         hflip: Probability of a horizontal flip.
         rotate: Largest rotation in degrees (either direction); 0 disables it.
         jitter: Strength of brightness/contrast/saturation jitter; 0 disables it.
@@ -67,6 +70,7 @@ class Augmentation:
 
     enabled: bool = True
     min_scale: float = 0.35
+    crop_padding: int = 0
     hflip: float = 0.5
     rotate: float = 10.0
     jitter: float = 0.2
@@ -144,14 +148,18 @@ def corner_transform(pre: Preprocessing, first: bool) -> T.Compose:
 
 
 def train_transform(pre: Preprocessing, aug: Augmentation) -> T.Compose:
-    """Random resized crop, flip, small rotation and colour jitter, then normalise."""
+    """Random resized crop (or, with ``crop_padding``, the eval view padded and randomly cropped),
+    flip, small rotation and colour jitter, then normalise."""
     if not aug.enabled:
         return eval_transform(pre)
-    steps: list = [
-        T.RandomResizedCrop(
-            pre.input_size, scale=(aug.min_scale, 1.0), interpolation=_interp(pre.interpolation)
-        )
-    ]
+    if aug.crop_padding > 0:
+        steps: list = [ResizeCenterCrop(pre), T.RandomCrop(pre.input_size, padding=aug.crop_padding)]
+    else:
+        steps = [
+            T.RandomResizedCrop(
+                pre.input_size, scale=(aug.min_scale, 1.0), interpolation=_interp(pre.interpolation)
+            )
+        ]
     if aug.hflip > 0:
         steps.append(T.RandomHorizontalFlip(aug.hflip))
     if aug.rotate > 0:

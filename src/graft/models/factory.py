@@ -17,7 +17,7 @@ from torch import nn
 
 from graft.data.transforms import Preprocessing
 from graft.errors import GraftError
-from graft.models import registry
+from graft.models import cifar, registry
 from graft.models.heads import replace_heads, split_body, timm_head_names, torchvision_head_names
 from graft.models.weights import convert_lukemelas, is_lukemelas, load_weights, read_state_dict
 
@@ -28,7 +28,7 @@ class ModelSpec:
 
     Attributes:
         arch: Architecture name without source prefix, e.g. ``"resnet18"``.
-        source: ``"timm"`` or ``"torchvision"``.
+        source: ``"timm"``, ``"torchvision"`` or ``"graft"`` (:mod:`graft.models.cifar`).
         num_classes: Outputs of the new head.
         head_hidden: Hidden width of the MLP head (Linear-ReLU-Dropout-Linear), or None for one Linear.
         head_dropout: Dropout of the MLP head.
@@ -86,6 +86,8 @@ def _construct(source: str, name: str, build_kwargs: dict, *, init: bool) -> nn.
         return torchvision.models.get_model(name, weights=None, **kwargs)
     if source == "timm":
         return timm.create_model(name, pretrained=False, **build_kwargs)
+    if source == "graft":
+        return cifar.build(name)  # always initialised: small networks, cheap to init
     raise GraftError(f"unknown model source '{source}'")
 
 
@@ -125,6 +127,8 @@ def _attach_head(
 
 def _preprocessing(source: str, name: str, model: nn.Module) -> Preprocessing:
     """The eval preprocessing the pretrained weights expect (the same when training from scratch)."""
+    if source == "graft":
+        return cifar.preprocessing(name)
     if source == "timm":
         cfg = timm.data.resolve_data_config(model=model)
         return Preprocessing(
@@ -149,18 +153,24 @@ def _preprocessing(source: str, name: str, model: nn.Module) -> Preprocessing:
 
 
 def _no_weights_error(name: str, looked: list[str]) -> GraftError:
-    where = f"looked for {' and '.join(looked)}" if looked else "it has no published weights"
     hint = ""
     if f"tf_{name}" in registry.LITE_PACKAGES:
         hint = f" (tf_{name} has bundled weights)"
+    if not looked:
+        return GraftError(
+            f"no pretrained weights for {name}: it has no published weights; pass --weights FILE, "
+            f"or use --no-pretrained (or --mode scratch) to train from scratch{hint}"
+        )
     return GraftError(
-        f"no pretrained weights for {name} on this machine: {where}; put the file there, pass "
-        f"--weights FILE, or use --no-pretrained to train from scratch{hint}"
+        f"no pretrained weights for {name} on this machine: looked for {' and '.join(looked)}; put "
+        f"the file there, pass --weights FILE, or use --no-pretrained to train from scratch{hint}"
     )
 
 
 def _load_pretrained(source: str, name: str, build_kwargs: dict) -> nn.Module:
     """The ImageNet model with weights found offline (strict load), or GraftError."""
+    if source == "graft":
+        raise _no_weights_error(name, [])
     if source == "torchvision":
         weights = registry.torchvision_weights(name)
         if weights is None:
@@ -201,9 +211,10 @@ def create_model(
 ) -> tuple[nn.Module, ModelSpec, Preprocessing]:
     """Build ``arch`` with ImageNet weights found offline and a fresh head for ``num_classes``.
 
-    ``arch`` may be ``timm:NAME``, ``torchvision:NAME`` or a bare NAME (torchvision first when it
-    has the name, else timm). Raises GraftError for an unknown name (with close matches) or when
-    pretrained weights cannot be found offline (naming the file looked for and ``--weights``).
+    ``arch`` may be ``timm:NAME``, ``torchvision:NAME``, ``graft:NAME`` or a bare NAME (graft's
+    own architectures first, then torchvision when it has the name, else timm). Raises GraftError
+    for an unknown name (with close matches) or when pretrained weights cannot be found offline
+    (naming the file looked for and ``--weights``; graft's own architectures have none).
 
     ``weights`` (a ``.safetensors``/``.pth``/``.pt``/``.bin`` state_dict for the ImageNet-shaped
     model) wins over ``pretrained``; its classifier may have another number of classes.
@@ -294,9 +305,11 @@ def find_pretrained(arch: str) -> str | None:
 def list_architectures(pattern: str | None = None) -> list[dict]:
     """Rows ``{"name", "source", "weights": "bundled"|"cached"|"missing", "where": path-or-hint}``.
 
-    Without a pattern: the bundled lite models and torchvision's classification models. With a
-    pattern (fnmatch, e.g. ``"*resnet*"``, optionally prefixed ``timm:`` or ``torchvision:``):
-    matching timm and torchvision names. ``name`` is what ``--arch`` accepts (``timm:NAME`` where
-    a bare name would pick torchvision's model of the same name). No model is instantiated.
+    Without a pattern: graft's own architectures, the bundled lite models and torchvision's
+    classification models. With a pattern (fnmatch, e.g. ``"*resnet*"``, optionally prefixed
+    ``timm:``, ``torchvision:`` or ``graft:``): matching graft, timm and torchvision names.
+    ``name`` is what ``--arch`` accepts (``timm:NAME`` where a bare name would pick torchvision's
+    model of the same name). graft's own architectures are listed as ``missing``, "no published
+    weights". No model is instantiated.
     """
     return registry.list_rows(pattern)

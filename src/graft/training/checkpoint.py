@@ -21,6 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from graft.config import TrainConfig
 from graft.errors import GraftError
 from graft.fileio import atomic_write
 from graft.training.distributed import broadcast, world
@@ -265,7 +266,11 @@ def _matching(run_dir: str | Path, cfg_dict: dict, split: dict) -> Checkpoint | 
     if not (Path(run_dir) / CHECKPOINT_FILE).is_file():
         return None
     ck = read_checkpoint(run_dir)
-    saved = ck.meta["config"]
+    # An option newer than the checkpoint is missing from it: that run ran with its default.
+    defaults = {
+        f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING
+    }
+    saved = {**{k: defaults[k] for k in cfg_dict if k in defaults}, **ck.meta["config"]}
     differ = sorted(
         k
         for k in set(saved) | set(cfg_dict)

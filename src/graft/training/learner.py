@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from graft.config import DEFAULT_LR, TrainConfig
+from graft.config import DEFAULT_LR, NORMALIZE, TrainConfig
 from graft.data.dataset import ImageData, Sample
 from graft.data.selection import eval_samples, expand_paths
+from graft.data.stats import channel_stats
 from graft.data.transforms import Preprocessing, eval_transform
 from graft.errors import GraftError
 from graft.evaluation.inference import predict_probs
@@ -52,8 +53,14 @@ class Learner:
         head: Hidden width of an MLP head; None for a single Linear layer.
         head_dropout: Dropout of the MLP head.
         input_size: Input side in pixels instead of the model's own (the resize keeps its crop fraction).
+        normalize: ``"model"``: the mean and std of the model's pretrained config; ``"data"``: the
+            per-channel mean and std of the training split's images, computed here (see
+            :func:`graft.data.stats.channel_stats`; at most 5,000 images, sampled with ``seed``)
+            and kept in ``self.preprocessing``, so the saved run, evaluation, prediction, export
+            and serving use them. For models trained from scratch.
         device: ``auto`` (CUDA, MPS, CPU in that order) or a device name.
-        seed: Seeds the new head's initialisation.
+        seed: Seeds the new head's initialisation (and the sample of images for ``normalize="data"``).
+        workers: Data-loading worker processes (default from the core count).
     """
 
     def __init__(
@@ -66,9 +73,13 @@ class Learner:
         head: int | None = None,
         head_dropout: float = 0.5,
         input_size: int | None = None,
+        normalize: str = "model",
         device: str = "auto",
         seed: int = 0,
+        workers: int | None = None,
     ) -> None:
+        if normalize not in NORMALIZE:
+            raise GraftError(f"unknown normalize '{normalize}'; choose one of {', '.join(NORMALIZE)}")
         config = TrainConfig(
             data=str(data.root),
             arch=arch,
@@ -77,8 +88,10 @@ class Learner:
             head=head,
             head_dropout=head_dropout,
             input_size=input_size,
+            normalize=normalize,
             device=device,
             seed=seed,
+            workers=workers,
         )
         seed_everything(seed)
         model, spec, pre = create_model(
@@ -91,6 +104,9 @@ class Learner:
         )
         if input_size:
             pre = dataclasses.replace(pre, input_size=input_size)
+        if normalize == "data":
+            mean, std = channel_stats(data.splits["train"], pre, seed=seed, workers=workers)
+            pre = dataclasses.replace(pre, mean=mean, std=std)
         self._attach(model, spec, pre, list(data.classes), config, device, data=data, split=data.to_record())
 
     def _attach(
@@ -136,8 +152,10 @@ class Learner:
             head=cfg.head,
             head_dropout=cfg.head_dropout,
             input_size=cfg.input_size,
+            normalize=cfg.normalize,
             device=cfg.device,
             seed=cfg.seed,
+            workers=cfg.workers,
         )
         learn.config = cfg
         return learn
@@ -173,6 +191,11 @@ class Learner:
         cfg = cfg.resolved(cached=feature_head(self.model, self.spec) is not None)
         if cfg.mode == "scratch" and self.config.pretrained:
             raise GraftError("mode 'scratch' needs a learner built with pretrained=False")
+        if cfg.normalize != self.config.normalize:
+            raise GraftError(
+                f"normalize '{cfg.normalize}' is chosen when the learner is built; this one was built "
+                f"with normalize='{self.config.normalize}' (Learner(data, arch, normalize=...))"
+            )
         start = time.perf_counter()
         resume = matching_checkpoint(checkpoint, cfg.to_dict(), self.data.to_record()) if checkpoint else None
         resumed_after = resume.progress.epoch if resume is not None else None  # fit moves it on

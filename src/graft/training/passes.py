@@ -32,7 +32,13 @@ from graft.training.runtime import grad_scaler, inference_batch_size, resolve_pr
 
 
 def _augmentation(cfg: TrainConfig) -> Augmentation:
-    return Augmentation(enabled=cfg.augment, min_scale=cfg.min_scale, rotate=cfg.rotate, jitter=cfg.jitter)
+    return Augmentation(
+        enabled=cfg.augment,
+        min_scale=cfg.min_scale,
+        crop_padding=cfg.crop_padding,
+        rotate=cfg.rotate,
+        jitter=cfg.jitter,
+    )
 
 
 class ImagePass:
