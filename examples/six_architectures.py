@@ -56,7 +56,8 @@ def main() -> None:
                 continue
             print(f"\n--- {arch}, {how}")
             start = time.perf_counter()
-            learn = Learner(data, arch, pretrained=how != "scratch", input_size=args.input_size)
+            size = None if arch == "inception_v3" else args.input_size  # its aux head needs 299 px
+            learn = Learner(data, arch, pretrained=how != "scratch", input_size=size)
             learn.fit(**{**sgd, **options})
             seconds = time.perf_counter() - start
             learn.save(Path(args.out) / f"{arch}-{how}")

@@ -103,3 +103,14 @@ def test_inception_trains_with_auxiliary_loss(small_data):
     stats = train_epoch(model, [batch], opt, sched, nn.CrossEntropyLoss(), torch.device("cpu"),
                         torch.amp.GradScaler("cpu", enabled=False), 0.4, "test")  # fmt: skip
     assert stats.loss == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_inception_below_its_training_size_is_a_clear_error(small_data, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "graft", "train", str(small_data), "--out", str(tmp_path / "run"),
+         "--arch", "inception_v3", "--no-pretrained", "--input-size", "224", "--workers", "0"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "inception_v3 trains at 299 px or more" in proc.stderr and "--input-size" in proc.stderr
+    assert not (tmp_path / "run").exists()

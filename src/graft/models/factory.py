@@ -53,6 +53,10 @@ class ModelSpec:
         return cls(**d)
 
 
+# Smallest input side a model trains at: inception_v3's auxiliary head pools Mixed_6e (17x17 at
+# 299 px) with a 5x5 window, then applies a 5x5 conv, so anything smaller fails in its forward.
+MIN_TRAIN_INPUT = {("torchvision", "inception_v3"): 299}
+
 # torchvision models whose init is slow and whose builder takes init_weights.
 _INIT_WEIGHTS_ARCHS = ("inception_v3", "googlenet")
 
@@ -266,6 +270,16 @@ def build_model(spec: ModelSpec) -> nn.Module:
         model, spec.source, spec.num_classes, spec.head_hidden, spec.head_dropout, list(spec.head_names)
     )
     return model
+
+
+def check_input_size(spec: ModelSpec, size: int) -> None:
+    """Raise GraftError when ``spec``'s network cannot train at ``size`` pixels."""
+    smallest = MIN_TRAIN_INPUT.get((spec.source, spec.arch))
+    if smallest is not None and size < smallest:
+        raise GraftError(
+            f"{spec.arch} trains at {smallest} px or more (its auxiliary head), not {size}; "
+            f"drop --input-size or give at least {smallest}"
+        )
 
 
 def body_blocks(model: nn.Module, spec: ModelSpec) -> list[tuple[str, list[nn.Parameter]]]:

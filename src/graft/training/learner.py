@@ -32,7 +32,7 @@ from graft.evaluation.interpret import Interpretation
 from graft.evaluation.metrics import EvalResult
 from graft.evaluation.predictions import Prediction, top_k
 from graft.export.bundle import load_bundle, read_history, save_bundle
-from graft.models import ModelSpec, build_model, create_model
+from graft.models import ModelSpec, build_model, check_input_size, create_model
 from graft.models.fuse import inference_model
 from graft.training.checkpoint import MAY_DIFFER, checkpoint_meta, matching_checkpoint
 from graft.training.distributed import broadcast, local, main_only, world
@@ -103,6 +103,7 @@ class Learner:
             head_dropout=head_dropout,
         )
         if input_size:
+            check_input_size(spec, input_size)
             pre = dataclasses.replace(pre, input_size=input_size)
         if normalize == "data":
             mean, std = channel_stats(data.splits["train"], pre, seed=seed, workers=workers)
