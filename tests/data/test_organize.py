@@ -203,6 +203,9 @@ def test_out_must_be_new_empty_or_an_earlier_output(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(GraftError, match="exists and is not a folder"):
         organize(data, tmp_path / "file", labels="labels.csv")
+    (tmp_path / "link").symlink_to(out)
+    with pytest.raises(GraftError, match="is a symbolic link: give the folder it points to"):
+        organize(data, tmp_path / "link", labels="labels.csv", overwrite=True)
     assert leftovers(tmp_path) == []
 
 

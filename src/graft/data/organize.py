@@ -227,7 +227,9 @@ def organize(
 
 def _check_out(out: Path, overwrite: bool) -> None:
     """Refuse an ``out`` that is a file, or a non-empty folder (unless ``overwrite`` and it is ours)."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
+    if out.is_symlink():  # replacing it would replace the link, not what it points to
+        raise GraftError(f"{out} is a symbolic link: give the folder it points to, or another --out")
+    if out.exists() and not out.is_dir():
         raise GraftError(f"{out} exists and is not a folder")
     if not out.is_dir() or not any(out.iterdir()):
         return
