@@ -112,3 +112,18 @@ def test_prediction_reuses_its_folded_copy_until_the_weights_change(trained, tmp
     _, changed = loaded.predict_probs(files)
     assert loaded._inference_model() is not fast
     assert (changed.argmax(1) == 0).all() and not (first.argmax(1) == 0).all()
+
+
+def test_without_a_val_split_the_unfrozen_epochs_run_and_the_log_says_why():
+    """``graft train DATA/train_valid --valid-split 0``: --unfreeze-below has nothing to judge by."""
+    from graft.config import TrainConfig
+    from graft.training.fit import _blind_unfreeze
+    from graft.training.optim import Phase
+
+    cfg = TrainConfig(data="x", valid_split=0).resolved()  # finetune, no --epochs: unfreeze_below 0.95
+    unfrozen, frozen = Phase("unfrozen", 3, 1e-3, 100.0, []), Phase("frozen", 3, 1e-3, 1.0, [])
+    assert "--epochs 0 keeps the frozen head" in _blind_unfreeze(unfrozen, cfg, has_val=False)
+    assert _blind_unfreeze(unfrozen, cfg, has_val=True) is None
+    assert _blind_unfreeze(frozen, cfg, has_val=False) is None
+    asked = TrainConfig(data="x", valid_split=0, epochs=2).resolved()  # asked-for epochs: nothing to say
+    assert _blind_unfreeze(unfrozen, asked, has_val=False) is None
