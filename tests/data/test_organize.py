@@ -256,13 +256,12 @@ def test_a_train_tiny_folder_finds_test_tiny(tmp_path: Path) -> None:
     """CIFAR-10's Kaggle files: train_tiny/ + trainLabels.csv, and the unlabeled test_tiny/."""
     data = kaggle(tmp_path / "data", test=0)
     (data / "train").rename(data / "train_tiny")
-    make_image_folder(tmp_path / "t", {"test_tiny": 2}, size=(8, 8))
+    make_image_folder(tmp_path / "t", {"test_tiny": 1}, size=(8, 8))
     shutil.move(tmp_path / "t" / "test_tiny", data / "test_tiny")
     result = organize(data, tmp_path / "out", labels="labels.csv")
-    assert result.counts["test"] == 2
-    assert json.loads((tmp_path / "out" / RECORD_FILE).read_text())["source"]["test"] == str(
-        data / "test_tiny"
-    )
+    assert "  test          1 image   unlabeled" in result.summary().splitlines()
+    record = json.loads((tmp_path / "out" / RECORD_FILE).read_text())
+    assert record["source"]["test"] == str(data / "test_tiny")
 
 
 def test_bad_files_are_skipped_with_the_usual_warnings(tmp_path: Path) -> None:

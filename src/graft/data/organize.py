@@ -67,7 +67,8 @@ class OrganizeResult:
         for name, n in self.counts.items():
             k = self.class_counts.get(name, 0)
             what = plural(k, "class", "classes") if k else "unlabeled"
-            lines.append(f"  {name.ljust(width)}  {n:>{digits},} images  {what}")
+            images = "image " if n == 1 else "images"
+            lines.append(f"  {name.ljust(width)}  {n:>{digits},} {images}  {what}")
         placed = ", ".join(f"{n:,} as {_HOW[how]}" for how, n in self.placed.items() if n) or "none"
         lines.append(f"placed {plural(sum(self.placed.values()), 'file')}: {placed}")
         lines.append(skipped_line(self.skipped))
