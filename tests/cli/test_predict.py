@@ -1,5 +1,8 @@
 """graft predict streamed to a CSV with a real (tiny) run: chunks, --resume, --shard and merge-predictions."""
 
+import csv
+from pathlib import Path
+
 import pytest
 
 from graft import ImageData, Learner
@@ -77,6 +80,16 @@ def test_resume_after_a_half_written_line(run, reference, tmp_path, capsys):
         (["--csv", "{tmp}/top2.csv", "--resume"], "resume it with --top-k 2"),
         (["--csv", "{tmp}/other.csv", "--resume"], "not a predictions CSV written by graft predict"),
         (["--csv", "{tmp}/p.csv", "--chunk-size", "0"], "chunk size must be at least 1"),
+        (
+            ["--sample-submission", "{tmp}/other.csv"],
+            "--sample-submission shapes a submission: add --submission",
+        ),
+        (["--submission-format", "label"], "--submission-format shapes a submission: add --submission FILE"),
+        (["--submission", "{tmp}/s.csv", "--sample-submission", "{tmp}/none.csv"], "none.csv not found"),
+        (
+            ["--submission", "{tmp}/s.csv", "--sample-submission", "{tmp}/top2.csv"],
+            "3 model classes are not a column of top2.csv",
+        ),
     ],
 )
 def test_bad_streaming_options_are_one_line_and_exit_2(run, tmp_path, capsys, args, message):
@@ -86,6 +99,36 @@ def test_bad_streaming_options_are_one_line_and_exit_2(run, tmp_path, capsys, ar
     err = capsys.readouterr().err.strip()
     assert err.startswith("graft: error:") and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_sample_submission_shapes_the_submission(run, tmp_path, capsys):
+    """Its header (a class the model lacks: 0) and its id order; ids without an image are warned about."""
+    stems = sorted(p.stem for p in Path(run[1]).rglob("*.*"))  # broken.jpg too: it gets no row
+    sample = tmp_path / "sample.csv"
+    sample.write_text("id,red,purple,blue,green\n" + "".join(f"{s},0,0,0,0\n" for s in reversed(stems)))
+    sub = tmp_path / "sub.csv"
+    assert main(["predict", *run, "--submission", str(sub), "--sample-submission", str(sample)]) == 0
+    out, err = capsys.readouterr()
+    assert "note: 1 column of sample.csv is not a class of the model: probability 0 ('purple')" in out
+    assert f"wrote a probs submission of 28 rows, 5 columns from sample.csv, to {sub}" in out
+    assert "graft: warning: 1 id of sample.csv not predicted ('broken')" in err
+    with open(sub, newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == ["id", "red", "purple", "blue", "green"]
+    assert [r[0] for r in table[1:]] == [s for s in reversed(stems) if s != "broken"]
+    assert {r[2] for r in table[1:]} == {"0"}
+    assert all(abs(sum(map(float, r[1:])) - 1) < 1e-4 for r in table[1:])
+
+    labels = tmp_path / "sampleSubmission.csv"
+    labels.write_text("id,label\n" + "".join(f"{s},cat\n" for s in stems if s != "broken"))
+    assert main(["predict", *run, "--submission", str(sub), "--sample-submission", str(labels)]) == 0
+    assert f"wrote a label submission of 28 rows, 2 columns from sampleSubmission.csv, to {sub}" in (
+        capsys.readouterr().out
+    )
+    with open(sub, newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == ["id", "label"] and [r[0] for r in table[1:]] == [s for s in stems if s != "broken"]
+    assert {r[1] for r in table[1:]} <= {"red", "green", "blue"}
 
 
 def test_merge_predictions_refuses_a_duplicate_in_one_line(tmp_path, capsys):

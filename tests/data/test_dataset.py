@@ -84,6 +84,13 @@ def test_tiny_classes_stay_in_train_with_one_note(tmp_path: Path, make_image_fol
     assert sum(len(v) for v in data.splits.values()) == 12
 
 
+def test_valid_split_zero_has_an_empty_val_split_and_says_so(tmp_path: Path, make_image_folder) -> None:
+    make_image_folder(tmp_path, classes={"a": 4, "b": 3}, size=(8, 8))
+    data = ImageData.from_folder(tmp_path, valid_split=0)
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 7, "val": 0}
+    assert data.notes == ["no val split (valid_split 0): training keeps its last epoch"]
+
+
 # --- layout "folders" ----------------------------------------------------------------------------
 
 
@@ -111,6 +118,19 @@ def test_folders_flat_test_is_unlabeled(tmp_path: Path, make_image_folder) -> No
     data = ImageData.from_folder(tmp_path)
     assert [s.label for s in data.splits["test"]] == [None, None, None]
     assert "(unlabeled)" in data.summary()
+    assert data.notes == []
+
+
+def test_folders_beside_train_val_test_are_noted(tmp_path: Path, make_image_folder) -> None:
+    """graft organize writes train_valid/ beside train/ and valid/: not read, but said."""
+    make_image_folder(tmp_path / "train", classes={"a": 4, "b": 4}, size=(8, 8))
+    make_image_folder(tmp_path / "valid", classes={"a": 1, "b": 1}, size=(8, 8), seed=1)
+    make_image_folder(tmp_path / "train_valid", classes={"a": 5, "b": 5}, size=(8, 8))
+    make_image_folder(tmp_path / "validation", classes={"a": 1}, size=(8, 8), seed=2)  # valid/ wins
+    (tmp_path / ".cache").mkdir()  # hidden: not mentioned
+    data = ImageData.from_folder(tmp_path)
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 8, "val": 2}
+    assert data.notes == ["not read, beside train/ and valid/: train_valid/, validation/"]
 
 
 def test_val_class_not_in_train_is_an_error(tmp_path: Path, make_image_folder) -> None:

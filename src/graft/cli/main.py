@@ -247,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     from graft.cli.analysis import add_tta_argument
     from graft.cli.config_args import add_config_arguments
     from graft.cli.deploy import add_commands as add_deploy_commands
+    from graft.cli.organize import add_commands as add_organize_commands
     from graft.cli.predict import add_commands as add_predict_commands
 
     parser = argparse.ArgumentParser(
@@ -276,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     add_predict_commands(sub)
+    add_organize_commands(sub)
     add_analysis_commands(sub)
     add_deploy_commands(sub)
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,13 +17,20 @@ if TYPE_CHECKING:
 def cmd_predict(args: argparse.Namespace) -> int:
     from graft.cli.analysis import tta_from_args
     from graft.evaluation.stream import parse_shard, predict_to_csv
-    from graft.fileio import atomic_write_text
 
     shard = parse_shard(args.shard) if args.shard is not None else None
     if args.submission and (args.resume or shard):
         raise GraftError(
             "--submission needs every image's probabilities from one run: not with --resume or --shard"
         )
+    if (args.sample_submission or args.submission_format) and not args.submission:
+        flag = "--sample-submission" if args.sample_submission else "--submission-format"
+        raise GraftError(f"{flag} shapes a submission: add --submission FILE")
+    sample = None
+    if args.sample_submission:
+        from graft.evaluation.submission import read_sample_submission
+
+        sample = read_sample_submission(args.sample_submission)
     tta = tta_from_args(args)
     if args.onnx or (args.run.endswith(".onnx") and Path(args.run).is_file()):
         # onnxruntime with NumPy preprocessing: torch is never imported on this path.
@@ -38,17 +43,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from graft.training.learner import load_learner
 
         model = load_learner(args.run, device=args.device)
+    if args.submission:  # a sample that does not fit the model fails now, not after predicting
+        from graft.evaluation.submission import submission_columns
+
+        submission_columns(model.classes, args.submission_format, sample)
     show = (not args.csv and not args.submission) or args.print
-    submission: list[list[str]] = []
+    predicted: list[Path] = []
+    chunks: list[np.ndarray] = []
 
     def on_chunk(preds: list[Prediction], probs: np.ndarray) -> None:
-        if args.submission and args.submission_format == "probs":
-            submission.extend(
-                [Path(p.path).stem, *(f"{v:.6g}" for v in row)]
-                for p, row in zip(preds, probs.tolist(), strict=True)
-            )
-        elif args.submission:
-            submission.extend([Path(p.path).stem, p.label] for p in preds)
+        if args.submission:
+            predicted.extend(p.path for p in preds)
+            chunks.append(probs)
         if show and preds:
             lines = (
                 f"{pred.path}\t"
@@ -77,13 +83,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         extra = f" ({'; '.join(notes)})" if notes else ""
         print(f"wrote {result.written} predictions to {args.csv}{extra}  ({result.seconds:.1f} s)")
     if args.submission:
-        header = ["id", *model.classes] if args.submission_format == "probs" else ["id", "label"]
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(submission)
-        atomic_write_text(args.submission, buf.getvalue())
-        print(f"wrote a {args.submission_format} submission of {len(submission)} rows to {args.submission}")
+        import numpy as np
+
+        from graft.evaluation.submission import write_submission
+
+        probs = np.concatenate(chunks) if chunks else np.zeros((0, len(model.classes)))
+        sub = write_submission(
+            args.submission, predicted, probs, model.classes, format=args.submission_format, sample=sample
+        )
+        for note in sub.notes:
+            print(f"note: {note}")
+        shape = f"{len(sub.columns)} columns" + (f" from {sample.path.name}" if sample else "")
+        print(f"wrote a {sub.format} submission of {sub.rows} rows, {shape}, to {args.submission}")
     return 0
 
 
@@ -136,8 +147,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--submission-format",
         choices=("probs", "label"),
-        default="probs",
-        help="probs: one probability column per class; label: id,label (default: probs)",
+        help="probs: one probability column per class; label: id,label (default: probs, or label for a "
+        "two-column sample such as id,label)",
+    )
+    p.add_argument(
+        "--sample-submission",
+        metavar="CSV",
+        help="the competition's sample submission: its header fixes the columns (classes the model "
+        "lacks get 0) and its ids the order of the rows",
     )
     p.add_argument("--print", action="store_true", help="also print predictions when writing files")
     add_tta_argument(p)

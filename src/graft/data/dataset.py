@@ -53,7 +53,9 @@ def _split_groups(
     total = sum(len(groups[c]) for c in classes)
     for name, frac in fractions.items():
         absent = missing[name]
-        if frac > 0 and not any(parts[name].values()):
+        if frac == 0 and name == "val":
+            scan.notes.append("no val split (valid_split 0): training keeps its last epoch")
+        elif frac > 0 and not any(parts[name].values()):
             scan.notes.append(f"the {name} split is empty: {total} images x {frac} rounds to 0")
         elif frac > 0 and absent:
             ones = sum(len(groups[c]) == 1 for c in absent)
@@ -79,6 +81,11 @@ def _load_folders(base: Path, valid_split: float, test_split: float, seed: int, 
     classes = classes_from(train, train_dir, scan)
     val_dir = child(base, *VAL_NAMES)
     test_dir = child(base, "test")
+    others = [f"{d.name}/" for d in subdirs(base) if d not in (train_dir, val_dir, test_dir)]
+    if others:  # e.g. graft organize's train_valid/, for a final run: graft train DATA/train_valid
+        read = [f"{d.name}/" for d in (train_dir, val_dir, test_dir) if d is not None]
+        both = ", ".join(read[:-1]) + " and " + read[-1] if len(read) > 1 else read[0]
+        scan.notes.append(f"not read, beside {both}: {preview(others, 5)}")
     fractions = {}
     if val_dir is None:
         fractions["val"] = valid_split

@@ -80,6 +80,16 @@ def _skip_unfreeze(phase: Phase, cfg: TrainConfig, best: dict | None) -> str | N
     )
 
 
+def _blind_unfreeze(phase: Phase, cfg: TrainConfig, has_val: bool) -> str | None:
+    """What to say when the unfrozen phase runs only because there is no val split to judge by."""
+    if phase.name != "unfrozen" or cfg.unfreeze_below is None or has_val:
+        return None
+    return (
+        "no val split to judge the frozen head by (--unfreeze-below): the unfrozen epochs run and the "
+        "last epoch is kept; --epochs 0 keeps the frozen head"
+    )
+
+
 def fit(
     model: nn.Module,
     spec: ModelSpec,
@@ -156,6 +166,9 @@ def fit(
                 state.skipped = skip
                 state.phase += 1
                 continue
+            blind = _blind_unfreeze(phase, cfg, bool(val_samples)) if fresh else None
+            if blind:
+                log(blind)
             kind = "features" if phase.name == "frozen" and cached else "images"
             if kind not in passes:
                 passes[kind] = (
