@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/ft_vs_features")
     parser.add_argument("--arch", default="resnet34", help="body to use when its weights are cached")
     parser.add_argument("--fallback", default="tf_efficientnet_lite0", help="body otherwise")
-    parser.add_argument("--epochs", type=int, default=10, help="per variant (the tutorial: 25)")
+    parser.add_argument("--epochs", type=int, default=8, help="per variant (the tutorial: 25)")
     parser.add_argument("--batch-size", type=int, default=4, help="the tutorial's 4")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
     parser.add_argument("--input-size", type=int, default=None)

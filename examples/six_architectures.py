@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("data", help="hymenoptera: train/ and val/ with ants/ and bees/")
     parser.add_argument("--out", default="runs/six_archs")
     parser.add_argument("--archs", default=",".join(ARCHS), help="comma-separated subset")
-    parser.add_argument("--epochs", type=int, default=5, help="epochs on images per run")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs on images per run (the tutorial: 15)")
     parser.add_argument("--scratch-epochs", type=int, default=None, help="default: --epochs")
     parser.add_argument("--input-size", type=int, default=None, help="default: each model's own")
     parser.add_argument("--batch-size", type=int, default=16)

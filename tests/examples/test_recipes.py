@@ -6,6 +6,8 @@ The full-length numbers are in the README's recipe table.
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import re
 import subprocess
@@ -175,3 +177,50 @@ def test_six_architectures_recipe_with_seeded_weights(tmp_path):
     # Inception's auxiliary head was replaced too (it feeds the training loss).
     inception = load_file(str(tmp_path / "six" / "inception_v3-finetune" / "model.safetensors"))
     assert inception["AuxLogits.fc.weight"].shape == (2, 768) and inception["fc.weight"].shape == (2, 2048)
+
+
+def run_shell_recipe(script: str, *args: str | Path, tmp_path: Path, **env: str) -> str:
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # this environment's graft
+    full = {**os.environ, "PATH": path, "GRAFT_CACHE_DIR": str(tmp_path / "features"), **env}
+    command = ["bash", str(EXAMPLES / script), *map(str, args)]
+    proc = subprocess.run(command, capture_output=True, text=True, env=full)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_cifar10_from_scratch_recipe(tmp_path):
+    datasets = tmp_path / "datasets"
+    subset(shared_dataset("cifar10_folders"), datasets / "cifar10_folders", per_class=6)
+    (datasets / "cifar10_tiny").symlink_to(shared_dataset("cifar10_tiny"))
+    runs = tmp_path / "runs"
+    out = run_shell_recipe("cifar10_scratch.sh", datasets, runs, tmp_path=tmp_path, EPOCHS="1")
+    assert "model: graft:cifar_resnet18 (random init), input 32px" in out
+    assert re.search(r"accuracy [01]\.\d{4} \(\d+/60\)", out)  # the 6 x 10 test images
+    config = json.loads((runs / "folders" / "graft.json").read_text())
+    assert config["config"]["crop_padding"] == 4 and config["preprocessing"]["input_size"] == 32
+    assert config["preprocessing"]["mean"] != [0.4914, 0.4822, 0.4465]  # measured on these images
+    rows = list(csv.reader((runs / "submission.csv").open()))
+    assert rows[0] == ["id", "label"] and len(rows) == 2 and rows[1][0] == "1"
+    assert rows[1][1] in config["classes"]
+
+
+@pytest.mark.slow
+def test_dog_breeds_recipe_writes_the_sample_shaped_submission(tmp_path):
+    data = shared_dataset("dog_tiny")
+    out = run_shell_recipe(
+        "dog_breeds.sh", data, tmp_path / "dog", tmp_path=tmp_path, EPOCHS="1", GRAFT_ARGS="--input-size 64"
+    )
+    organized = json.loads((tmp_path / "dog" / "data" / "organize.json").read_text())
+    assert organized["counts"]["train_valid"] == 300 and organized["counts"]["test"] == 300
+    final = json.loads((tmp_path / "dog" / "final" / "graft.json").read_text())
+    assert final["config"]["head"] == 256 and final["config"]["schedule"] == "step"
+    assert len(final["classes"]) == 110 and final["metrics"]["best_epoch"] == 1  # no val: the last epoch
+    header = next(csv.reader((data / "sample_submission.csv").open()))
+    rows = list(csv.reader((tmp_path / "dog" / "submission.csv").open()))
+    assert rows[0] == header and len(rows) == 301
+    probs = [[float(x) for x in row[1:]] for row in rows[1:]]
+    assert all(abs(sum(p) - 1) < 1e-3 for p in probs)
+    missing = [i for i, name in enumerate(header[1:]) if name not in final["classes"]]
+    assert len(missing) == 10 and all(p[i] == 0 for p in probs for i in missing)
+    assert "wrote a probs submission of 300 rows" in out
