@@ -17,6 +17,34 @@ NA_LABELS = frozenset(
 )  # fmt: skip
 
 
+def read_csv_rows(path: Path, what: str, *, empty_hint: str = "") -> list[list[str]]:
+    """The non-blank rows of a CSV file, header first, read with the ``csv`` module.
+
+    Args:
+        path: The file.
+        what: How errors name it, e.g. ``"labels file"``.
+        empty_hint: Appended to the error for a file with no rows.
+
+    Raises:
+        GraftError: A missing, unreadable, non-UTF-8, malformed or empty file, or a folder.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: Excel writes a BOM before the header
+    except FileNotFoundError:
+        raise GraftError(f"{what} {path} not found") from None
+    except IsADirectoryError:
+        raise GraftError(f"{what} {path} is a folder, not a CSV file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise GraftError(f"cannot read {what} {path}: {e}") from None
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
+    except csv.Error as e:
+        raise GraftError(f"{what} {path} is not valid CSV: {e}") from None
+    if not rows:
+        raise GraftError(f"{what} {path} is empty{empty_hint}")
+    return rows
+
+
 def read_labels_csv(path: Path) -> tuple[dict[str, str], str, list[str]]:
     """Parse a labels CSV with a header row.
 
@@ -29,18 +57,7 @@ def read_labels_csv(path: Path) -> tuple[dict[str, str], str, list[str]]:
         (id -> label in file order, the id column's header text, notes).
     """
     name = path.name
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: Excel writes a BOM before the header
-    except FileNotFoundError:
-        raise GraftError(f"labels file {path} not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise GraftError(f"cannot read labels file {path}: {e}") from None
-    try:
-        rows = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
-    except csv.Error as e:
-        raise GraftError(f"labels file {path} is not valid CSV: {e}") from None
-    if not rows:
-        raise GraftError(f"labels file {path} is empty; it needs a header row such as 'id,label'")
+    rows = read_csv_rows(path, "labels file", empty_hint="; it needs a header row such as 'id,label'")
     header = [h.strip() for h in rows[0]]
     if len(header) < 2:
         raise GraftError(f"labels file {path} needs an id and a label column; its header is {rows[0]}")

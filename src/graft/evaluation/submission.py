@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from graft.data._csv import read_csv_rows
 from graft.errors import GraftError
 from graft.fileio import atomic_write_text
 
@@ -61,20 +62,7 @@ def read_sample_submission(path: str | Path) -> SampleSubmission:
     """
     path = Path(path)
     name = path.name
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM before the header (Excel)
-    except FileNotFoundError:
-        raise GraftError(f"sample submission {path} not found") from None
-    except IsADirectoryError:
-        raise GraftError(f"sample submission {path} is a folder, not a CSV file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise GraftError(f"cannot read sample submission {path}: {e}") from None
-    try:
-        rows = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
-    except csv.Error as e:
-        raise GraftError(f"sample submission {path} is not valid CSV: {e}") from None
-    if not rows:
-        raise GraftError(f"sample submission {path} is empty")
+    rows = read_csv_rows(path, "sample submission")
     header = [h.strip() for h in rows[0]]
     if len(header) < 2:
         raise GraftError(
