@@ -9,6 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def default_mode(base: int) -> int:
+    """The mode ``open()`` (base 0o666) or ``mkdir()`` (0o777) gives a new file or folder: ``base``
+    less the umask. ``tempfile`` makes private ones (0600/0700); this is what to chmod them to."""
+    umask = os.umask(0)  # there is no getter: set and put back
+    os.umask(umask)
+    return base & ~umask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place.
 
@@ -31,11 +39,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
             if type(e).__name__ == "SafetensorError":
                 raise OSError(str(e)) from e
             raise
-        # mkstemp makes the file private (0600); give it the mode open() would have (0666 - umask).
+        # mkstemp makes the file private (0600); give it the mode open() would have.
         # After the write: safetensors replaces the file, so a mode set before would be lost.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, default_mode(0o666))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

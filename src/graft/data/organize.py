@@ -25,6 +25,7 @@ from graft.data._scan import Scan, inside, plural, skipped_line
 from graft.data.dataset import ImageData, Sample
 from graft.data.images import list_images
 from graft.errors import GraftError
+from graft.fileio import default_mode
 
 LINK_MODES = ("auto", "hardlink", "symlink", "copy")
 RECORD_FILE = "organize.json"
@@ -183,9 +184,7 @@ def organize(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.organize-", dir=out.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp's folder is private (0700); OUT gets mkdir's usual mode
+        tmp.chmod(default_mode(0o777))  # mkdtemp's folder is private (0700); OUT gets mkdir's usual mode
     except OSError as e:
         raise GraftError(f"cannot write to {out.parent}: {e.strerror or e}") from None
     placer = _Placer(link, tmp, out)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from graft.data._csv import read_csv_rows
+from graft.data._scan import plural
 from graft.errors import GraftError
 from graft.fileio import atomic_write_text
 
@@ -142,7 +143,7 @@ def write_submission(
         if missing:
             absent = [key for key in sample.ids if key not in source]
             warnings.warn(
-                f"{_count(absent, 'id', 'ids')} of {name} not predicted ({_examples(absent)}): the "
+                f"{plural(len(absent), 'id')} of {name} not predicted ({_examples(absent)}): the "
                 f"submission has rows for the {len(ids):,} predicted images only",
                 UserWarning,
                 stacklevel=2,
@@ -150,7 +151,7 @@ def write_submission(
         if extra:
             strays = [key for key in ids if key not in source]
             if source:
-                what = f"{_count(strays, 'predicted image', 'predicted images')} {_has(strays)} no id in"
+                what = f"{plural(len(strays), 'predicted image')} {_has(strays)} no id in"
                 where = "their rows come after the sample's"
             else:  # the wrong sample, or the wrong folder
                 what, where = f"none of the {len(ids):,} predicted images has an id in", "rows in image order"
@@ -204,14 +205,14 @@ def submission_columns(
     if lacking:
         hint = "; for an id,label sample use the label format" if len(columns) == 2 else ""
         raise GraftError(
-            f"{_count(lacking, 'model class', 'model classes')} {_is(lacking)} not a column "
+            f"{plural(len(lacking), 'model class', 'model classes')} {_is(lacking)} not a column "
             f"of {name} ({_examples(lacking)}){hint}"
         )
     unknown = [c for c in columns[1:] if c not in set(classes)]
     notes = []
     if unknown:
         notes.append(
-            f"{_count(unknown, 'column', 'columns')} of {name} {_is(unknown)} not "
+            f"{plural(len(unknown), 'column')} of {name} {_is(unknown)} not "
             f"{'a class' if len(unknown) == 1 else 'classes'} of the model: probability 0 "
             f"({_examples(unknown)})"
         )
@@ -241,10 +242,6 @@ def _first_repeat(values: Sequence[str]) -> str | None:
             return v
         seen.add(v)
     return None
-
-
-def _count(items: Sequence, one: str, many: str) -> str:
-    return f"{len(items):,} {one if len(items) == 1 else many}"
 
 
 def _is(items: Sequence) -> str:
