@@ -110,6 +110,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register predict and merge-predictions on the ``graft`` parser."""
     from graft.cli.analysis import add_tta_argument
     from graft.evaluation.stream import DEFAULT_CHUNK_SIZE
+    from graft.evaluation.submission import SUBMISSION_FORMATS
 
     p = sub.add_parser("predict", help="predict classes of image files or folders")
     p.add_argument("run", help="run folder written by graft train, or (with --onnx) an exported .onnx file")
@@ -146,7 +147,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--submission", help="write a Kaggle-style submission CSV (id = file stem)")
     p.add_argument(
         "--submission-format",
-        choices=("probs", "label"),
+        choices=SUBMISSION_FORMATS,
         help="probs: one probability column per class; label: id,label (default: probs, or label for a "
         "two-column sample such as id,label)",
     )
