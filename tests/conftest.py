@@ -93,3 +93,15 @@ def shared_dataset_fixture() -> Callable[[str], Path]:
 def _feature_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Keep the suite's feature cache out of the user's ~/.cache (one per test session)."""
     os.environ["GRAFT_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))
+
+
+# Both kinds of CPU, forced with GRAFT_CPU_BF16 rather than read from the machine running the tests
+# (on a CPU without native bf16 the bf16 path is emulated: slower, same arithmetic).
+CPU_KINDS = {"cpu-without-bf16": "0", "cpu-with-native-bf16": "1"}
+
+
+@pytest.fixture(params=list(CPU_KINDS.values()), ids=list(CPU_KINDS))
+def native_bf16(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run the test once as on a CPU without native bf16 and once as on one with it."""
+    monkeypatch.setenv("GRAFT_CPU_BF16", request.param)
+    return request.param == "1"

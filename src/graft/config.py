@@ -18,6 +18,8 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("onecycle", "step", "cosine")
 MONITORS = ("val_loss", "val_acc")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# What evaluation and prediction may run in (fp32 unless asked: see graft.training.runtime).
+INFERENCE_PRECISIONS = ("fp32", "bf16", "fp16")
 NORMALIZE = ("model", "data")
 
 # Epochs whose default depends on whether the frozen phase runs on cached features.
@@ -124,7 +126,9 @@ class TrainConfig:
     precision: str = field(
         default="auto",
         metadata=_opt(
-            "auto (CUDA: mixed precision; CPU: bf16 inference where native, else fp32), fp32, bf16, fp16",
+            "arithmetic of training: auto (CUDA: mixed precision; CPU: bf16 for the frozen body's features "
+            "of the training images where the CPU has native bf16, else fp32), fp32, bf16, fp16; "
+            "validation and everything after training run in fp32",
             choices=PRECISIONS,
         ),
     )

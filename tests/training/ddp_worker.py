@@ -100,6 +100,7 @@ def one_step(data: str) -> dict:
     from graft.training import distributed
     from graft.training.optim import make_optimizer
     from graft.training.passes import ImagePass
+    from graft.training.runtime import precision_plan
 
     distributed.init_from_env("cpu")
     torch.manual_seed(0)
@@ -110,7 +111,8 @@ def one_step(data: str) -> dict:
     cfg = TrainConfig(data=data, batch_size=n, augment=False, workers=0, optimizer="sgd", lr=0.5, momentum=0)
     cfg = cfg.resolved()
     pre = dataclasses.replace(pre, input_size=32)
-    runner = ImagePass(model, pre, images, cfg, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    runner = ImagePass(model, pre, images, cfg, cpu, precision_plan(cfg.precision, cpu))
     optimizer = make_optimizer([{"params": list(model.parameters())}], cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     stats = runner.train_epoch(optimizer, scheduler, torch.nn.CrossEntropyLoss(), "step")

@@ -32,6 +32,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         device=args.device,
+        precision=args.precision,
         max_upload_mb=args.max_upload_mb,
         max_batch=args.max_batch,
     )
@@ -40,6 +41,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register export and serve on the ``graft`` parser."""
+    from graft.cli.analysis import add_device_arguments
+
     p = sub.add_parser("export", help="export a run to ONNX or TorchScript, checked against PyTorch")
     p.add_argument("run", help="run folder written by graft train")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="default: onnx")
@@ -60,5 +63,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-batch", type=int, default=16, help="most images per forward pass across requests (default: 16)"
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_device_arguments(p)
     p.set_defaults(func=cmd_serve)

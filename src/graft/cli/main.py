@@ -179,7 +179,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from graft.cli.analysis import tta_from_args
     from graft.training.learner import load_learner
 
-    learn = load_learner(args.run, device=args.device)
+    learn = load_learner(args.run, device=args.device, precision=args.precision)
     if args.batch_size:
         learn.config.batch_size = args.batch_size
     result = learn.evaluate(args.data, split=args.split, tta=tta_from_args(args))
@@ -205,12 +205,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from graft.export.bundle import read_meta
+    from graft.training.runtime import PrecisionPlan
 
     meta = read_meta(args.run)
     if args.json:
         print(json.dumps(meta, indent=2))
         return 0
     model, cfg, pre, m = meta["model"], meta.get("config", {}), meta["preprocessing"], meta.get("metrics", {})
+    precision = meta.get("precision")
     split = meta.get("split") or {}
     counts = ", ".join(f"{k} {len(v)}" for k, v in split.get("splits", {}).items())
     classes = meta["classes"]
@@ -225,6 +227,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"{cfg.get('optimizer')} lr {cfg.get('lr')}, {cfg.get('schedule')}",
         f"input:        {pre['input_size']}px {pre['interpolation']}, crop {pre['crop_pct']}, "
         f"mean {pre['mean']}, std {pre['std']}",
+        "precision:    " + (PrecisionPlan.from_dict(precision).describe() if precision else "not recorded"),
         "metrics:      "
         + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()),
         f"created:      {meta.get('created', '?')} with "
@@ -244,7 +247,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from graft.cli.analysis import add_commands as add_analysis_commands
-    from graft.cli.analysis import add_tta_argument
+    from graft.cli.analysis import add_device_arguments, add_tta_argument
     from graft.cli.config_args import add_config_arguments
     from graft.cli.deploy import add_commands as add_deploy_commands
     from graft.cli.organize import add_commands as add_organize_commands
@@ -273,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_tta_argument(p)
     p.add_argument("--batch-size", type=int, default=None, help="images per batch")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_device_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
     add_predict_commands(sub)

@@ -38,11 +38,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         if tta:
             raise GraftError("--tta is not available with --onnx")
+        if args.precision != "fp32":
+            raise GraftError("--precision is for a run folder: an ONNX model runs as exported (fp32)")
         model = OnnxClassifier(args.run)
     else:
         from graft.training.learner import load_learner
 
-        model = load_learner(args.run, device=args.device)
+        model = load_learner(args.run, device=args.device, precision=args.precision)
     if args.submission:  # a sample that does not fit the model fails now, not after predicting
         from graft.evaluation.submission import submission_columns
 
@@ -108,7 +110,7 @@ def cmd_merge_predictions(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register predict and merge-predictions on the ``graft`` parser."""
-    from graft.cli.analysis import add_tta_argument
+    from graft.cli.analysis import add_device_arguments, add_tta_argument
     from graft.evaluation.stream import DEFAULT_CHUNK_SIZE
     from graft.evaluation.submission import SUBMISSION_FORMATS
 
@@ -159,7 +161,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--print", action="store_true", help="also print predictions when writing files")
     add_tta_argument(p)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_device_arguments(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(

@@ -119,6 +119,7 @@ def create_app(
     run_dir: str | Path,
     *,
     device: str = "auto",
+    precision: str = "fp32",
     max_upload_mb: float = 20.0,
     max_files: int = 32,
     max_batch: int = 16,
@@ -127,6 +128,7 @@ def create_app(
     """The app serving the run in ``run_dir``.
 
     Args:
+        precision: Arithmetic of the forward passes (see :attr:`graft.Learner.precision`).
         max_upload_mb: Largest request body accepted.
         max_files: Most images in one request.
         max_batch: Most images per forward pass across concurrent requests.
@@ -134,7 +136,7 @@ def create_app(
     """
     from graft.training.learner import load_learner
 
-    learn = load_learner(run_dir, device=device)
+    learn = load_learner(run_dir, device=device, precision=precision)
     pre = learn.preprocessing
     batcher = Batcher(learn.predict_images, max_batch=max_batch, max_wait=max_wait_ms / 1000)
     info = {
@@ -142,6 +144,7 @@ def create_app(
         "classes": learn.classes,
         "preprocessing": pre.to_dict(),
         "metrics": learn.metrics,
+        "precision": learn.precision,
         "limits": {
             "max_upload_mb": max_upload_mb,
             "max_files": max_files,

@@ -29,7 +29,7 @@ from graft.training.optim import (
     set_train_mode,
 )
 from graft.training.passes import ImagePass, feature_pass
-from graft.training.runtime import seed_everything
+from graft.training.runtime import PrecisionPlan, precision_plan, seed_everything
 
 
 @dataclass
@@ -42,6 +42,7 @@ class FitResult:
     stopped: str | None = None
     skipped: str | None = None
     failed: list[str] = field(default_factory=list)
+    precision: PrecisionPlan | None = None
 
 
 def _better(row: dict, best: dict | None, monitor: str) -> bool:
@@ -143,6 +144,8 @@ def fit(
     )
 
     phases = plan_phases(cfg, [name for name, _ in body_blocks(model, spec)])
+    precision = precision_plan(cfg.precision, device)
+    log(f"precision: {precision.describe()}")
     cached = cfg.cache_features and feature_head(model, spec) is not None
     passes: dict[str, ImagePass | FeaturePass] = {}
     state = resume.progress if resume is not None else Progress()
@@ -172,9 +175,9 @@ def fit(
             kind = "features" if phase.name == "frozen" and cached else "images"
             if kind not in passes:
                 passes[kind] = (
-                    feature_pass(model, spec, pre, data, cfg, device, log)
+                    feature_pass(model, spec, pre, data, cfg, device, precision, log)
                     if kind == "features"
-                    else ImagePass(model, pre, data, cfg, device)
+                    else ImagePass(model, pre, data, cfg, device, precision)
                 )
                 if kind == "images":
                     passes[kind].epochs_run = state.image_epochs
@@ -269,4 +272,6 @@ def fit(
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
-    return FitResult(state.history, state.best_epoch, state.stopped, state.skipped, sorted(failed_seen))
+    return FitResult(
+        state.history, state.best_epoch, state.stopped, state.skipped, sorted(failed_seen), precision
+    )

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from graft.config import DEFAULT_LR, NORMALIZE, TrainConfig
+from graft.config import DEFAULT_LR, INFERENCE_PRECISIONS, NORMALIZE, TrainConfig
 from graft.data.dataset import ImageData, Sample
 from graft.data.selection import eval_samples, expand_paths
 from graft.data.stats import channel_stats
@@ -39,7 +39,7 @@ from graft.training.distributed import broadcast, local, main_only, world
 from graft.training.features import feature_head
 from graft.training.fit import fit
 from graft.training.lr_find import LRFind, lr_find
-from graft.training.runtime import autocast, channels_last, resolve_precision, seed_everything, select_device
+from graft.training.runtime import autocast, channels_last, check_precision, seed_everything, select_device
 
 
 class Learner:
@@ -123,6 +123,7 @@ class Learner:
         split: dict | None,
         metrics: dict | None = None,
         history: list[dict] | None = None,
+        precision_plan: dict | None = None,
     ) -> None:
         """Set every attribute of a learner: the one place both construction paths go through."""
         self.data = data
@@ -136,6 +137,8 @@ class Learner:
         self.history: list[dict] = list(history or [])
         self.metrics: dict = dict(metrics or {})
         self.split = split
+        self.precision = "fp32"
+        self.precision_plan = precision_plan
         self._fast: tuple[tuple, torch.nn.Module] | None = None
         self.lr_finder: LRFind | None = None
 
@@ -224,6 +227,7 @@ class Learner:
         )
         self.config = cfg
         self.history = result.history
+        self.precision_plan = result.precision.to_dict()
         self.lr_finder = found
         self.metrics = {
             "best_epoch": result.best_epoch,
@@ -396,8 +400,14 @@ class Learner:
 
     @property
     def precision(self) -> str:
-        """The resolved inference precision (``--precision`` of the run, for this device)."""
-        return resolve_precision(self.config.precision, self.device)
+        """Arithmetic of evaluation and prediction: ``fp32`` (the default: the numbers agree with
+        the val metrics of training, with the other commands and with the export, on any machine),
+        or ``bf16``/``fp16``, faster where the hardware has them, by about 1e-2 in probability."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, name: str) -> None:
+        self._precision = check_precision(name, self.device, INFERENCE_PRECISIONS)
 
     def save(self, run_dir: str | Path) -> Path:
         """Write the run folder (safetensors weights, graft.json, history.csv) atomically."""
@@ -408,13 +418,16 @@ class Learner:
             "config": self.config.to_dict(),
             "split": self.split,
             "metrics": self.metrics,
+            "precision": self.precision_plan,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         return save_bundle(run_dir, self.model.state_dict(), meta, self.history)
 
 
-def load_learner(run_dir: str | Path, device: str = "auto") -> Learner:
+def load_learner(run_dir: str | Path, device: str = "auto", precision: str = "fp32") -> Learner:
     """Load a saved run for evaluation and prediction. Needs only the run folder.
+
+    ``precision``: the arithmetic of its predictions (see :attr:`Learner.precision`).
 
     Raises:
         GraftError: If the folder is not a valid run, or its weights were modified.
@@ -439,7 +452,9 @@ def load_learner(run_dir: str | Path, device: str = "auto") -> Learner:
         split=meta.get("split"),
         metrics=meta.get("metrics"),
         history=read_history(run_dir),
+        precision_plan=meta.get("precision"),
     )
+    learn.precision = precision
     return learn
 
 

@@ -26,6 +26,7 @@ from graft.models import ModelSpec, body_blocks
 from graft.training.features import feature_head
 from graft.training.optim import apply_phase, make_optimizer, plan_phases, set_train_mode
 from graft.training.passes import ImagePass, feature_pass
+from graft.training.runtime import precision_plan
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -125,11 +126,12 @@ def lr_find(
     phase = plan_phases(cfg, [name for name, _ in body_blocks(model, spec)])[0]
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     t0 = time.perf_counter()
+    plan = precision_plan(cfg.precision, device)
     cached = phase.name == "frozen" and cfg.cache_features and feature_head(model, spec) is not None
     runner = (
-        feature_pass(model, spec, pre, data, cfg, device, log)
+        feature_pass(model, spec, pre, data, cfg, device, plan, log)
         if cached
-        else ImagePass(model, pre, data, cfg, device)
+        else ImagePass(model, pre, data, cfg, device, plan)
     )
     optimizer = make_optimizer(apply_phase(model, spec, phase), cfg)
     ratio = end_lr / start_lr

@@ -19,6 +19,7 @@ from graft.training.cache import FeatureCache, default_cache_root
 from graft.training.distributed import all_gather, all_sum, per_rank_batch, sync_bn_view, world
 from graft.training.features import (
     FeaturePass,
+    Features,
     augmented_views,
     body_key,
     eval_view,
@@ -28,7 +29,7 @@ from graft.training.features import (
 )
 from graft.training.loop import EpochStats, infer, train_epoch
 from graft.training.memory import Pieces
-from graft.training.runtime import grad_scaler, inference_batch_size, resolve_precision
+from graft.training.runtime import PrecisionPlan, grad_scaler, inference_batch_size
 
 
 def _augmentation(cfg: TrainConfig) -> Augmentation:
@@ -50,12 +51,17 @@ class ImagePass:
     """
 
     def __init__(
-        self, model: nn.Module, pre: Preprocessing, data: ImageData, cfg: TrainConfig, device: torch.device
+        self,
+        model: nn.Module,
+        pre: Preprocessing,
+        data: ImageData,
+        cfg: TrainConfig,
+        device: torch.device,
+        plan: PrecisionPlan,
     ) -> None:
         self.model, self.cfg, self.device = model, cfg, device
         self.world = world()
-        self.precision = resolve_precision(cfg.precision, device, training=True)
-        self.val_precision = resolve_precision(cfg.precision, device)
+        self.precision, self.val_precision = plan.train, plan.inference
         self._net: tuple[tuple[int, ...], nn.Module] | None = None
         self.sync_bn = cfg.sync_bn and self.world.enabled
         if self.sync_bn and device.type != "cuda":
@@ -173,30 +179,28 @@ def feature_pass(
     data: ImageData,
     cfg: TrainConfig,
     device: torch.device,
+    plan: PrecisionPlan,
     log: Callable[[str], None],
 ) -> FeaturePass:
-    """Compute (or read from the cache) the frozen body's features of train and val."""
+    """Compute (or read from the cache) the frozen body's features of train and val.
+
+    Train features are computed in ``plan.features``, val features in ``plan.inference``
+    (fp32), so the val metrics of a frozen epoch are those ``graft evaluate`` reproduces.
+    """
     t0 = time.perf_counter()
-    precision = resolve_precision(cfg.precision, device)
-    cache = FeatureCache(default_cache_root(), body_key(model, spec, pre, precision))
     train_views = augmented_views(pre, _augmentation(cfg), cfg.cache_views, cfg.seed) or [eval_view(pre)]
     train_samples, val_samples = data.splits["train"], data.splits.get("val", [])
-    train, val = extract_features(
-        model,
-        spec,
-        pre,
-        [(train_samples, train_views), (val_samples, [eval_view(pre)])],
-        device,
-        cache=cache,
-        precision=precision,
-        batch_size=inference_batch_size(device, cfg.batch_size),
-        workers=cfg.workers,
-    )
+    jobs = [(train_samples, train_views), (val_samples, [eval_view(pre)])]
+    if plan.features == plan.inference:  # one pass over both
+        train, val = _cached_features(model, spec, pre, jobs, device, plan.features, cfg)
+    else:
+        (train,) = _cached_features(model, spec, pre, jobs[:1], device, plan.features, cfg)
+        (val,) = _cached_features(model, spec, pre, jobs[1:], device, plan.inference, cfg)
     computed = train.computed + val.computed
     total = train.vectors.shape[0] * train.vectors.shape[1] + val.vectors.shape[0]
     log(
         f"features of the frozen body: {total - computed} from the cache, {computed} computed "
-        f"({time.perf_counter() - t0:.1f} s, {precision})"
+        f"({time.perf_counter() - t0:.1f} s; train {plan.features}, val {plan.inference})"
     )
     labels = torch.tensor([s.label for s in train_samples], dtype=torch.long)
     val_labels = torch.tensor([s.label for s in val_samples], dtype=torch.long)
@@ -210,4 +214,27 @@ def feature_pass(
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         device=device,
+    )
+
+
+def _cached_features(
+    model: nn.Module,
+    spec: ModelSpec,
+    pre: Preprocessing,
+    jobs: list[tuple[list, list]],
+    device: torch.device,
+    precision: str,
+    cfg: TrainConfig,
+) -> list[Features]:
+    """:func:`extract_features` through the feature cache of the body in ``precision``."""
+    return extract_features(
+        model,
+        spec,
+        pre,
+        jobs,
+        device,
+        cache=FeatureCache(default_cache_root(), body_key(model, spec, pre, precision)),
+        precision=precision,
+        batch_size=inference_batch_size(device, cfg.batch_size),
+        workers=cfg.workers,
     )

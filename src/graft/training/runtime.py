@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import random
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -53,48 +57,133 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+CPU_BF16_ENV = "GRAFT_CPU_BF16"
+
+
 def cpu_bf16_supported() -> bool:
     """Whether this CPU runs bfloat16 natively (AVX512-BF16 or AMX), through oneDNN.
 
     Without it, torch emulates bf16 on the CPU, which was measured about 8× slower than fp32
     (tf_efficientnet_lite0, AVX2 EPYC), so graft only picks bf16 where it is native.
+    ``GRAFT_CPU_BF16=0`` or ``=1`` overrides the detection: off on a CPU that has it, or on
+    (emulated, slowly) on one that does not, so either path can be run on any machine.
+
+    Raises:
+        GraftError: For a ``GRAFT_CPU_BF16`` other than 0 or 1.
     """
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced:
+        if forced not in ("0", "1"):
+            raise GraftError(f"{CPU_BF16_ENV} must be 0 or 1, not '{forced}'")
+        return forced == "1"
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
 
 
-def resolve_precision(name: str, device: torch.device, *, training: bool = False) -> str:
-    """The precision to run in: ``fp32``, ``bf16`` or ``fp16``.
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """The arithmetic of each kind of work in a run: ``fp32``, ``bf16`` or ``fp16``.
 
-    ``auto`` means automatic mixed precision on CUDA (bf16 where supported, else fp16 with a
-    GradScaler); on the CPU, bf16 for inference and frozen-body features where the CPU has
-    native bf16, and fp32 for training the body (backward passes in bf16 on the CPU were not
-    shown to keep accuracy); fp32 elsewhere (MPS).
+    Reduced precision only ever computes what the model learns from; what graft reports and
+    answers with (validation, evaluate, predict, serve, the export's parity check) is fp32,
+    so those numbers agree with each other on any machine.
+
+    Attributes:
+        asked: The ``--precision`` the run asked for.
+        device: ``cpu``, ``cuda`` or ``mps``.
+        train: Forward and backward passes of training steps on images.
+        features: The frozen body's features of the training images (computed once, cached).
+        inference: Validation during training, and the trained model's evaluation and prediction.
+        cpu_bf16: Whether the CPU runs bf16 natively (what ``auto`` decides by on the CPU).
+    """
+
+    asked: str
+    device: str
+    train: str
+    features: str
+    inference: str = "fp32"
+    cpu_bf16: bool = False
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict, as saved in ``graft.json`` under ``precision``."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PrecisionPlan:
+        """Inverse of :meth:`to_dict`; unknown keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def describe(self) -> str:
+        """One line, e.g. ``train fp32, frozen features bf16, inference fp32 (cpu, native bf16;
+        --precision auto)``."""
+        where = self.device
+        if self.device == "cpu":
+            where += ", native bf16" if self.cpu_bf16 else ", no native bf16"
+        return (
+            f"train {self.train}, frozen features {self.features}, inference {self.inference} "
+            f"({where}; --precision {self.asked})"
+        )
+
+
+def precision_plan(name: str, device: torch.device) -> PrecisionPlan:
+    """What a run's ``--precision`` means on ``device``.
+
+    ``auto``: on CUDA, mixed precision for training and the frozen features (bf16 where the GPU
+    has it, else fp16 with a GradScaler); on a CPU with native bf16, bf16 for the frozen
+    features (they feed only the head's training) and fp32 for training steps (backward passes
+    in bf16 on the CPU were not shown to keep accuracy); fp32 otherwise. ``fp32``, ``bf16`` and
+    ``fp16`` set training and the frozen features alike. Inference is fp32 in every case.
 
     Raises:
         GraftError: For an unknown name, or fp16 on a CPU (torch has no fast fp16 CPU kernels).
     """
-    if name not in PRECISIONS:
-        raise GraftError(f"unknown precision '{name}'; choose one of {', '.join(PRECISIONS)}")
+    check_precision(name, device)
+    native = device.type == "cpu" and cpu_bf16_supported()
+    if name != "auto":
+        train = features = name
+    elif device.type == "cuda":
+        train = features = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    else:
+        train, features = "fp32", "bf16" if native else "fp32"
+    return PrecisionPlan(name, device.type, train, features, cpu_bf16=native)
+
+
+def check_precision(name: str, device: torch.device, allowed: tuple[str, ...] = PRECISIONS) -> str:
+    """``name`` if it can run on ``device``.
+
+    Raises:
+        GraftError: For a name not in ``allowed``, or fp16 on a CPU.
+    """
+    if name not in allowed:
+        raise GraftError(f"unknown precision '{name}'; choose one of {', '.join(allowed)}")
     if name == "fp16" and device.type == "cpu":
         raise GraftError("precision fp16 needs a GPU; on the CPU use bf16 or fp32")
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and not training and cpu_bf16_supported():
-        return "bf16"
-    return "fp32"
+    return name
 
 
 def autocast(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for a resolved precision; a no-op for fp32."""
+    """``torch.autocast`` for a resolved precision.
+
+    fp32 on CUDA also turns TF32 off for its duration: cuDNN convolutions use TF32 by default,
+    whose 10-bit mantissa would make a GPU's "fp32" disagree with the CPU's and the export's.
+    """
     if precision == "fp32":
-        return contextlib.nullcontext()
+        return _ieee_fp32() if device.type == "cuda" else contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def _ieee_fp32() -> Iterator[None]:
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
 
 
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
