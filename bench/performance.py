@@ -78,6 +78,7 @@ def bench_graft(data: Path, env: dict[str, str], tmp: Path, name: str) -> dict:
         "val_images": result["n"],
         "peak_rss_mb": train["peak_rss_mb"],
         "features": cache_line,
+        "precision": json.loads((run / "graft.json").read_text())["precision"],
         "run": str(run),
     }
 
@@ -172,6 +173,7 @@ def main() -> None:
                 f"(train {g['train_s']:.1f} s, evaluate {g['evaluate_s']:.1f} s), "
                 f"val acc {g['val_acc']:.4f}, peak RSS {g['peak_rss_mb']:.0f} MB; {g['features']}"
             )
+        print(f"graft's precision: {results['graft_cold']['precision']}")
         if "fastai" in results:
             for name in ("cold", "warm"):
                 ratio = results["fastai"]["wall_s"] / results[f"graft_{name}"]["wall_s"]

@@ -156,6 +156,7 @@ def test_hymenoptera_train_evaluate_predict_serve_and_onnx_agree(native_bf16, tm
     meta = json.loads((run / "graft.json").read_text())
     assert meta["precision"]["features"] == ("bf16" if native_bf16 else "fp32")
     assert float(printed[1]) == pytest.approx(meta["metrics"]["val_acc"], abs=1e-4)
+    assert float(printed[2]) == pytest.approx(meta["metrics"]["val_loss"], abs=1e-4)  # printed to 4 places
     assert meta["metrics"]["val_acc"] >= 0.94
     gaps = check_agreement(run, data / "val", tmp_path, capsys)
     print(f"val acc {meta['metrics']['val_acc']:.4f} loss {meta['metrics']['val_loss']:.4f}; gaps {gaps}")

@@ -4,7 +4,7 @@ Layout of a run folder ``RUN``:
 
 - ``model.safetensors``: the full state_dict of the trained network.
 - ``graft.json``: architecture, classes, preprocessing, resolved config, data split, metrics,
-  library versions and the sha256 of ``model.safetensors``.
+  the precision each kind of work ran in, library versions and the sha256 of ``model.safetensors``.
 - ``history.csv``: one row per epoch.
 """
 
