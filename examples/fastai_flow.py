@@ -16,7 +16,8 @@ import random
 from pathlib import Path
 
 from graft import ImageData, Learner
-from graft.models import find_pretrained
+from graft.errors import GraftError
+from graft.models import fetch_weights
 
 
 def make_test_split(src: Path, dst: Path, fraction: float, seed: int) -> None:
@@ -40,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", help="hymenoptera: train/ and val/ with ants/ and bees/")
     parser.add_argument("--out", default="runs/fastai_flow")
-    parser.add_argument("--arch", default="resnet34", help="body to use when its weights are cached")
+    parser.add_argument("--arch", default="resnet34", help="body (its weights cached or downloadable)")
     parser.add_argument("--fallback", default="tf_efficientnet_lite0", help="body otherwise")
     parser.add_argument("--test-fraction", type=float, default=1 / 3, help="part of val moved to test/")
     parser.add_argument("--frozen-epochs", type=int, default=1)
@@ -50,8 +51,12 @@ def main() -> None:
 
     out = Path(args.out)
     make_test_split(Path(args.data), out / "data", args.test_fraction, seed=0)
-    arch = args.arch if find_pretrained(args.arch) else args.fallback
-    print(f"body: {arch} (ImageNet weights from {find_pretrained(arch)})")
+    try:  # cached, or downloaded now unless GRAFT_OFFLINE=1
+        arch, weights = args.arch, fetch_weights(args.arch).path
+    except GraftError as e:
+        print(f"{args.arch}: no ImageNet weights ({e}); using {args.fallback}")
+        arch, weights = args.fallback, fetch_weights(args.fallback).path
+    print(f"body: {arch} (ImageNet weights from {weights})")
     data = ImageData.from_folder(out / "data")
     print(data.summary())
 

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from graft import ImageData, Learner
-from graft.models import find_pretrained
+from graft.errors import GraftError
+from graft.models import fetch_weights
 
 # The blocks "layer3 + layer4" stand for in each body (names from graft's body blocks).
 LAST_STAGES = {
@@ -43,8 +44,12 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=None)
     args = parser.parse_args()
 
-    arch = args.arch if find_pretrained(args.arch) else args.fallback
-    print(f"body: {arch} (ImageNet weights from {find_pretrained(arch)})")
+    try:  # cached, or downloaded now unless GRAFT_OFFLINE=1
+        arch, weights = args.arch, fetch_weights(args.arch).path
+    except GraftError as e:
+        print(f"{args.arch}: no ImageNet weights ({e}); using {args.fallback}")
+        arch, weights = args.fallback, fetch_weights(args.fallback).path
+    print(f"body: {arch} (ImageNet weights from {weights})")
     data = ImageData.from_folder(args.data)
     print(data.summary())
     sgd = {

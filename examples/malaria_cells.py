@@ -14,7 +14,8 @@ import argparse
 from pathlib import Path
 
 from graft import ImageData, Learner
-from graft.models import find_pretrained
+from graft.errors import GraftError
+from graft.models import fetch_weights
 
 
 def main() -> None:
@@ -29,11 +30,12 @@ def main() -> None:
     parser.add_argument("--shown", type=int, default=3, help="test predictions shown per class")
     args = parser.parse_args()
 
-    arch = args.arch
-    if find_pretrained(arch) is None:
-        print(f"{arch}: no ImageNet weights on this machine (`graft models {arch}`); using {args.fallback}")
-        arch = args.fallback
-    print(f"body: {arch}, ImageNet weights from {find_pretrained(arch)}")
+    try:  # cached, or downloaded now unless GRAFT_OFFLINE=1
+        arch, weights = args.arch, fetch_weights(args.arch).path
+    except GraftError as e:
+        print(f"{args.arch}: no ImageNet weights ({e}); using {args.fallback}")
+        arch, weights = args.fallback, fetch_weights(args.fallback).path
+    print(f"body: {arch}, ImageNet weights from {weights}")
 
     # 70 / 20 / 10, stratified and seeded; the exact split is saved with the run.
     data = ImageData.from_folder(args.data, valid_split=0.2, test_split=0.1, seed=0)

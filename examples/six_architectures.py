@@ -5,9 +5,9 @@ densenet121 and inception_v3 (299 px), each as a feature extractor (only the new
 tuned (head first, then everything) and from scratch. graft replaces each family's head: the last
 Linear (resnet ``fc``, alexnet/vgg ``classifier.6``, densenet ``classifier``), squeezenet's final
 1x1 conv ``classifier.1``, and inception's ``fc`` plus its auxiliary ``AuxLogits.fc``, whose loss
-is added with weight 0.4. Pretrained runs need the official torchvision weights in the torch hub
-cache (``$TORCH_HOME/hub/checkpoints``); an architecture without them runs from scratch only, and
-the table says so.
+is added with weight 0.4. Pretrained runs use the official torchvision weights, downloaded into the
+torch hub cache (``$TORCH_HOME/hub/checkpoints``) on first use; an architecture whose weights can
+be neither found nor fetched (an offline machine) runs from scratch only, and the table says so.
 
     python examples/six_architectures.py ../shared/datasets/hymenoptera --out runs/six_archs
 """
@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from graft import ImageData, Learner
-from graft.models import find_pretrained
+from graft.errors import GraftError
+from graft.models import fetch_weights
 
 ARCHS = ["resnet18", "alexnet", "vgg11_bn", "squeezenet1_0", "densenet121", "inception_v3"]
 
@@ -47,9 +48,11 @@ def main() -> None:
     }
     rows = []
     for arch in args.archs.split(","):
-        weights = find_pretrained(arch)
-        if weights is None:
-            print(f"\n{arch}: no ImageNet weights on this machine (`graft models {arch}`): from scratch only")
+        try:  # cached, or downloaded now unless GRAFT_OFFLINE=1
+            weights = fetch_weights(arch).path
+        except GraftError as e:
+            weights = None
+            print(f"\n{arch}: no ImageNet weights ({e}): from scratch only")
         for how, options in runs.items():
             if how != "scratch" and weights is None:
                 rows.append((arch, how, None, None, None, "no weights"))

@@ -105,3 +105,46 @@ def native_bf16(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     """Run the test once as on a CPU without native bf16 and once as on one with it."""
     monkeypatch.setenv("GRAFT_CPU_BF16", request.param)
     return request.param == "1"
+
+
+@pytest.fixture(autouse=True)
+def _no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reaches the internet: downloads are off unless a test serves them on loopback."""
+    monkeypatch.setenv("GRAFT_OFFLINE", "1")
+
+
+@pytest.fixture
+def loopback_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A :class:`tests.hub_server.LoopbackHub` that graft downloads from, with empty caches.
+
+    graft reaches it through the settings a user behind a proxy has: ``GRAFT_TORCHVISION_MIRROR``
+    for torchvision's host and ``HF_ENDPOINT`` for the hub. Random weights cannot carry the
+    sha256 prefix in an official torchvision file name, so for files this server holds the
+    expected prefix is that of the bytes it was given (what a faithful mirror sends); the check
+    still runs on what arrives, so cut or altered transfers fail it.
+    """
+    import hashlib
+
+    from graft.models import download
+    from tests.hub_server import LoopbackHub
+
+    hub = LoopbackHub().start()
+    for var in ("GRAFT_OFFLINE", "HF_HUB_OFFLINE", "HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("GRAFT_TORCHVISION_MIRROR", hub.url)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    for var, folder in (("TORCH_HOME", "torch_home"), ("HF_HUB_CACHE", "hf_cache")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        monkeypatch.setenv(var, str(tmp_path / folder))
+    official = download.expected_hash
+
+    def served_prefix(filename: str) -> str | None:
+        for path, data in hub.files.items():
+            if path.rsplit("/", 1)[-1] == filename and official(filename):
+                return hashlib.sha256(data).hexdigest()[: len(official(filename))]
+        return official(filename)
+
+    monkeypatch.setattr(download, "expected_hash", served_prefix)
+    yield hub
+    hub.stop()

@@ -73,7 +73,7 @@ def test_malaria_recipe_falls_back_to_the_bundled_body(tmp_path):
         "malaria_cells.py", data, "--out", tmp_path / "run", "--epochs", "2", "--input-size", "64",
         "--shown", "1", tmp_path=tmp_path,
     )  # fmt: skip
-    assert "densenet121: no ImageNet weights on this machine" in out
+    assert "densenet121: no ImageNet weights (no pretrained weights for densenet121 on this machine" in out
     assert "body: tf_efficientnet_lite0" in out
     # 70/20/10 of 2 x 10 images: 2 test images, reported as the tutorial does.
     assert re.search(r"Test Loss: \d+\.\d{4}  Test Accuracy: \d+% \([012]/2\)", out), out
@@ -166,7 +166,7 @@ def test_six_architectures_recipe_with_seeded_weights(tmp_path):
             size = 299 if arch == "inception_v3" else 80  # inception's aux head trains at 299 px only
             row = rf"^{arch}\s+{how}\s+[01]\.\d{{4}}\s+{size}\s+[\d.]+\s+{re.escape(head)}$"
             assert re.search(row, table, re.M), (arch, how)
-    assert "alexnet: no ImageNet weights on this machine" in out
+    assert "alexnet: no ImageNet weights (no pretrained weights for alexnet on this machine" in out
     assert re.search(r"^alexnet\s+features\s+-\s+-\s+-\s+no weights$", table, re.M)
     assert re.search(r"^alexnet\s+scratch\s+[01]\.\d{4}\s+80\s", table, re.M)
     # Feature extraction kept squeezenet's seeded body exactly; its new head is a 1x1 conv to 2 classes.

@@ -66,7 +66,13 @@ def test_pretrained_weights_do_not_exist() -> None:
 
 
 def test_listing_shows_it_without_weights() -> None:
-    row = {"name": "cifar_resnet18", "source": "graft", "weights": "missing", "where": "no published weights"}
+    row = {
+        "name": "cifar_resnet18",
+        "source": "graft",
+        "weights": "none",
+        "size": None,
+        "where": "no published weights",
+    }
     assert row in list_architectures()
     assert list_architectures("cifar*") == [row]
     assert list_architectures("graft:*") == [row]

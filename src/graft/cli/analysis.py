@@ -116,7 +116,7 @@ def tta_from_args(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register report, lr-find and compare on the ``graft`` parser."""
-    from graft.cli.config_args import add_config_arguments
+    from graft.cli.config_args import add_config_arguments, add_offline_argument
 
     p = sub.add_parser("report", help="write report.html: curves, confusion matrix, top losses, predictions")
     p.add_argument("run", help="run folder written by graft train")
@@ -140,6 +140,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default: 1e-7)")
     p.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default: 10)")
     p.add_argument("--num-it", type=int, default=100, help="steps at most (default: 100)")
+    add_offline_argument(p)
     p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("compare", help="train pretrained and from scratch with the same budget; plot both")
@@ -154,4 +155,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "weight at --lr, exactly as from scratch; features: only the head trains (default: finetune)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing comparison in --out")
+    add_offline_argument(p)
     p.set_defaults(func=cmd_compare)

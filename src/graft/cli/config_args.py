@@ -63,6 +63,15 @@ def add_config_arguments(
         parser.add_argument(flag, dest=f.name, default=default, **kwargs)
 
 
+def add_offline_argument(parser: argparse.ArgumentParser) -> None:
+    """``--offline`` of the commands that may download pretrained weights."""
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="never open a connection: use only bundled and cached weights (as GRAFT_OFFLINE=1)",
+    )
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig the parsed flags describe."""
     return TrainConfig(

@@ -192,15 +192,51 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from graft.models import list_architectures
+    from graft.models.download import human_size
 
-    rows = list_architectures(args.pattern)
+    words = args.words
+    if words and words[0] == "fetch":
+        return _fetch_models(words[1:])
+    if len(words) > 1:
+        raise GraftError("graft models takes one PATTERN, e.g. '*resnet*' (or: graft models fetch NAME...)")
+    pattern = words[0] if words else None
+    rows = list_architectures(pattern, sizes=args.sizes)
     if not rows:
-        raise GraftError(f"no architecture matches '{args.pattern}'")
+        raise GraftError(f"no architecture matches '{pattern}'")
     width = max(len(r["name"]) for r in rows)
-    print(f"{'architecture':<{width}}  {'source':<11}  weights   where")
+    print(f"{'architecture':<{width}}  {'source':<11}  {'weights':<12}  {'size':>8}  where")
     for r in rows:
-        print(f"{r['name']:<{width}}  {r['source']:<11}  {r['weights']:<8}  {r['where']}")
+        size = human_size(r["size"]) if r["size"] is not None else ""
+        print(f"{r['name']:<{width}}  {r['source']:<11}  {r['weights']:<12}  {size:>8}  {r['where']}")
     return 0
+
+
+def _fetch_models(names: list[str]) -> int:
+    """``graft models fetch NAME...``: download (or check the cached copy of) each model's weights."""
+    import torch
+
+    from graft.models import fetch_weights
+    from graft.models.download import human_size
+    from graft.models.registry import hf_cache_dir
+
+    if not names:
+        raise GraftError("name the architectures to fetch: graft models fetch NAME...")
+    failed = 0
+    for name in names:
+        try:
+            got = fetch_weights(name, verify=True)
+        except GraftError as e:
+            print(f"graft: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        how = "downloaded" if got.downloaded else f"{got.origin}, sha256 checked"
+        print(f"{name}: {got.path} ({human_size(got.size)}, {how})")
+    if failed < len(names):
+        print(
+            f"for an offline machine, copy {Path(torch.hub.get_dir()) / 'checkpoints'} and {hf_cache_dir()} "
+            "to the same places there (or point TORCH_HOME and HF_HUB_CACHE at the copies)"
+        )
+    return EXIT_USAGE if failed else 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -248,20 +284,22 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from graft.cli.analysis import add_commands as add_analysis_commands
     from graft.cli.analysis import add_device_arguments, add_tta_argument
-    from graft.cli.config_args import add_config_arguments
+    from graft.cli.config_args import add_config_arguments, add_offline_argument
     from graft.cli.deploy import add_commands as add_deploy_commands
     from graft.cli.organize import add_commands as add_organize_commands
     from graft.cli.predict import add_commands as add_predict_commands
 
     parser = argparse.ArgumentParser(
         prog="graft",
-        description="Transfer learning on images: train, evaluate and use image classifiers offline.",
+        description="Transfer learning on images: train, evaluate and use image classifiers, "
+        "online or offline.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a classifier on a folder of labeled images")
     add_config_arguments(p, optional_data=True)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    add_offline_argument(p)
     p.add_argument(
         "--resume",
         metavar="RUN",
@@ -284,10 +322,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_analysis_commands(sub)
     add_deploy_commands(sub)
 
-    p = sub.add_parser("models", help="list architectures and whether their weights are available offline")
-    p.add_argument(
-        "pattern", nargs="?", help="fnmatch pattern over timm and torchvision names, e.g. '*resnet*'"
+    p = sub.add_parser(
+        "models",
+        help="list architectures and their weights (bundled, cached, downloadable); fetch weights",
+        description="graft models [PATTERN]: list architectures, their pretrained tags and where their "
+        "weights are. graft models fetch NAME...: download weights now (to copy to an offline machine).",
     )
+    p.add_argument(
+        "words",
+        nargs="*",
+        metavar="PATTERN | fetch NAME...",
+        help="fnmatch pattern over graft, timm and torchvision names, e.g. '*resnet*' or 'timm:convnext*'; "
+        "or `fetch` and architecture names",
+    )
+    p.add_argument("--sizes", action="store_true", help="ask the Hugging Face hub for the download sizes")
+    add_offline_argument(p)
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("info", help="summarise a run folder")
@@ -310,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     _skips_shown = 0
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "offline", False):
+        os.environ["GRAFT_OFFLINE"] = "1"  # for this process and any it starts (data workers, torchrun)
     try:
         if args.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # N copies of another command would each do the whole job and write the same files.

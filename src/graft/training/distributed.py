@@ -184,6 +184,24 @@ def broadcast(obj: T, src: int = 0) -> T:
     return box[0]
 
 
+def main_first(work: Callable[[], object]) -> None:
+    """Run ``work`` on rank 0 while the other ranks wait, then raise its GraftError on every rank.
+
+    For a download every rank then finds in the cache, instead of each fetching its own copy.
+    """
+    if not world().enabled:
+        return
+    error = None
+    if world().is_main:
+        try:
+            work()
+        except GraftError as e:
+            error = str(e)
+    error = broadcast(error)
+    if error is not None:
+        raise GraftError(error)
+
+
 def all_sum(values: Sequence[float]) -> list[float]:
     """Element-wise sums of ``values`` over the ranks (float64, so counts stay exact)."""
     here = world()

@@ -32,10 +32,10 @@ from graft.evaluation.interpret import Interpretation
 from graft.evaluation.metrics import EvalResult
 from graft.evaluation.predictions import Prediction, top_k
 from graft.export.bundle import load_bundle, read_history, save_bundle
-from graft.models import ModelSpec, build_model, check_input_size, create_model
+from graft.models import ModelSpec, build_model, check_input_size, create_model, fetch_weights
 from graft.models.fuse import inference_model
 from graft.training.checkpoint import MAY_DIFFER, checkpoint_meta, matching_checkpoint
-from graft.training.distributed import broadcast, local, main_only, world
+from graft.training.distributed import broadcast, local, main_first, main_only, world
 from graft.training.features import feature_head
 from graft.training.fit import fit
 from graft.training.lr_find import LRFind, lr_find
@@ -48,7 +48,8 @@ class Learner:
     Args:
         data: The dataset to train on (None for a learner loaded only to predict).
         arch: timm or torchvision architecture (``timm:NAME`` / ``torchvision:NAME`` to force one).
-        pretrained: Start from ImageNet weights found offline.
+        pretrained: Start from the architecture's published ImageNet weights: bundled, cached, or
+            downloaded on first use (unless ``GRAFT_OFFLINE=1``).
         weights: A weights file to start from instead of the cached ones.
         head: Hidden width of an MLP head; None for a single Linear layer.
         head_dropout: Dropout of the MLP head.
@@ -94,6 +95,8 @@ class Learner:
             workers=workers,
         )
         seed_everything(seed)
+        if pretrained and not weights:
+            main_first(lambda: fetch_weights(arch))  # one download, not one per rank
         model, spec, pre = create_model(
             arch,
             len(data.classes),
@@ -101,6 +104,7 @@ class Learner:
             weights=weights,
             head_hidden=head,
             head_dropout=head_dropout,
+            input_size=input_size,
         )
         if input_size:
             check_input_size(spec, input_size)
