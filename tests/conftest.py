@@ -120,11 +120,9 @@ def loopback_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     graft reaches it through the settings a user behind a proxy has: ``GRAFT_TORCHVISION_MIRROR``
     for torchvision's host and ``HF_ENDPOINT`` for the hub. Random weights cannot carry the
     sha256 prefix in an official torchvision file name, so for files this server holds the
-    expected prefix is that of the bytes it was given (what a faithful mirror sends); the check
-    still runs on what arrives, so cut or altered transfers fail it.
+    expected prefix is that of the bytes it was given (``LoopbackHub.served_prefixes``; a
+    subprocess gets the same through ``hub.subprocess_env``).
     """
-    import hashlib
-
     from graft.models import download
     from tests.hub_server import LoopbackHub
 
@@ -140,10 +138,7 @@ def loopback_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     official = download.expected_hash
 
     def served_prefix(filename: str) -> str | None:
-        for path, data in hub.files.items():
-            if path.rsplit("/", 1)[-1] == filename and official(filename):
-                return hashlib.sha256(data).hexdigest()[: len(official(filename))]
-        return official(filename)
+        return hub.served_prefixes(official).get(filename) or official(filename)
 
     monkeypatch.setattr(download, "expected_hash", served_prefix)
     yield hub

@@ -21,15 +21,28 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
+import os
 import re
 import socket
 import threading
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import torch
 
 COMMIT = "a" * 40
+_SITECUSTOMIZE = """# Written by tests/hub_server.py: expect the sha256 prefixes of the loopback hub's files.
+import json
+
+import graft.models.download as _download
+
+_served = json.load(open({path!r}))
+_official = _download.expected_hash
+_download.expected_hash = lambda name: _served.get(name) or _official(name)
+"""
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
 
 
@@ -71,6 +84,34 @@ class LoopbackHub:
         self.repos.setdefault(repo, {})[filename] = data
         if fault:
             self.faults[f"/{repo}/resolve/main/{filename}"] = fault
+
+    def served_prefixes(self, official: Callable[[str], str | None]) -> dict[str, str]:
+        """File name → the sha256 prefix of the bytes served, for files whose official name has one.
+
+        Random weights cannot carry the prefix in an official torchvision file name; a faithful
+        mirror sends bytes that do, so the tests expect the prefix of what this server was given.
+        The check still runs on what arrives: cut or altered transfers fail it.
+        """
+        out = {}
+        for path, data in self.files.items():
+            name = path.rsplit("/", 1)[-1]
+            if expected := official(name):
+                out[name] = hashlib.sha256(data).hexdigest()[: len(expected)]
+        return out
+
+    def subprocess_env(self, folder: Path) -> dict[str, str]:
+        """Environment for a graft subprocess that downloads from this server.
+
+        Writes ``folder/sitecustomize.py``, which makes the subprocess expect the served files'
+        sha256 prefixes (see :meth:`served_prefixes`); call it after adding the files.
+        """
+        from graft.models import download
+
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "prefixes.json").write_text(json.dumps(self.served_prefixes(download.expected_hash)))
+        (folder / "sitecustomize.py").write_text(_SITECUSTOMIZE.format(path=str(folder / "prefixes.json")))
+        path = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+        return {**os.environ, "PYTHONPATH": path}
 
     def paths(self, method: str | None = None) -> list[str]:
         """The paths requested so far (of one method, or all)."""

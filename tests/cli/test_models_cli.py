@@ -86,9 +86,9 @@ def test_models_takes_one_pattern(capsys) -> None:
     assert main(["models", "fetch"]) == 2
 
 
-def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def _cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "graft", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "graft", *args], capture_output=True, text=True, timeout=timeout, env=env
     )
 
 
@@ -107,11 +107,14 @@ def test_no_network_is_one_line_and_exit_2_from_the_real_command(loopback_hub, d
 
 
 @pytest.mark.slow
-def test_train_resnet34_downloads_trains_and_saves(loopback_hub, data, tmp_path, capfd) -> None:
+def test_train_resnet34_with_the_real_command(loopback_hub, data, tmp_path) -> None:
     serve_torchvision(loopback_hub, "resnet34")
     out = tmp_path / "run"
-    assert main(["train", str(data), "--arch", "resnet34", "--out", str(out), *QUICK]) == 0
-    assert "fetched resnet34 weights (87.3 MB) from http://127.0.0.1:" in capfd.readouterr().err
+    env = loopback_hub.subprocess_env(tmp_path / "site")
+    proc = _cli("train", str(data), "--arch", "resnet34", "--out", str(out), *QUICK, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "graft: fetched resnet34 weights (87.3 MB) from http://127.0.0.1:" in proc.stderr
+    assert "B/s" in proc.stderr  # torch.hub's progress bar
     assert json.loads((out / "graft.json").read_text())["model"]["arch"] == "resnet34"
     assert loopback_hub.paths() == ["/models/resnet34-b627a593.pth"]
 

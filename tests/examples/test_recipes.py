@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from graft.models import create_model
 from tests.conftest import shared_dataset
+from tests.hub_server import serve_torchvision
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -37,12 +38,13 @@ def subset(src: Path, dst: Path, per_class: int) -> Path:
     return dst
 
 
-def run_recipe(script: str, *args: str | Path, tmp_path: Path, torch_home: Path | None = None) -> str:
+def run_recipe(
+    script: str, *args: str | Path, tmp_path: Path, torch_home: Path | None = None, env: dict | None = None
+) -> str:
     env = {
-        **os.environ,
+        **(env or os.environ),
         "TORCH_HOME": str(torch_home or tmp_path / "torch_home"),
         "HF_HUB_CACHE": str(tmp_path / "hf"),
-        "HF_HUB_OFFLINE": "1",
         "GRAFT_CACHE_DIR": str(tmp_path / "features"),
     }
     proc = subprocess.run(
@@ -148,14 +150,17 @@ def test_finetune_vs_features_recipe_trains_what_each_variant_says(tmp_path):
 
 
 @pytest.mark.slow
-def test_six_architectures_recipe_with_seeded_weights(tmp_path):
+def test_six_architectures_recipe_with_cached_downloaded_and_missing_weights(tmp_path, loopback_hub):
     data = subset(shared_dataset("hymenoptera"), tmp_path / "hymenoptera", per_class=4)
-    archs = ["resnet18", "vgg11_bn", "squeezenet1_0", "densenet121", "inception_v3"]
-    states = seed_torch_home(tmp_path / "home", archs)  # alexnet left out: it must fall back to scratch
+    archs = ["vgg11_bn", "squeezenet1_0", "densenet121", "inception_v3"]
+    states = seed_torch_home(tmp_path / "home", archs)
+    serve_torchvision(loopback_hub, "resnet18")  # downloaded on first use; alexnet: the mirror lacks it
     out = run_recipe(
         "six_architectures.py", data, "--out", tmp_path / "six", "--epochs", "1", "--input-size", "80",
         "--batch-size", "4", tmp_path=tmp_path, torch_home=tmp_path / "home",
+        env=loopback_hub.subprocess_env(tmp_path / "site"),
     )  # fmt: skip
+    assert loopback_hub.paths() == ["/models/resnet18-f37072fd.pth", "/models/alexnet-owt-7be5be79.pth"]
     table = out.split("head\n")[-1]
     heads = {
         "resnet18": "fc", "vgg11_bn": "classifier.6", "squeezenet1_0": "classifier.1",
@@ -166,7 +171,7 @@ def test_six_architectures_recipe_with_seeded_weights(tmp_path):
             size = 299 if arch == "inception_v3" else 80  # inception's aux head trains at 299 px only
             row = rf"^{arch}\s+{how}\s+[01]\.\d{{4}}\s+{size}\s+[\d.]+\s+{re.escape(head)}$"
             assert re.search(row, table, re.M), (arch, how)
-    assert "alexnet: no ImageNet weights (no pretrained weights for alexnet on this machine" in out
+    assert "alexnet: no ImageNet weights (cannot download the alexnet weights: http://127.0.0.1:" in out
     assert re.search(r"^alexnet\s+features\s+-\s+-\s+-\s+no weights$", table, re.M)
     assert re.search(r"^alexnet\s+scratch\s+[01]\.\d{4}\s+80\s", table, re.M)
     # Feature extraction kept squeezenet's seeded body exactly; its new head is a 1x1 conv to 2 classes.

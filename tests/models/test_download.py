@@ -255,3 +255,12 @@ def test_a_vit_at_another_input_size_resamples_downloaded_position_embeddings(lo
     assert spec.build_kwargs == {"img_size": 224} and pre.input_size == 224
     assert model(torch.randn(1, 3, 224, 224)).shape == (1, 3)
     assert urllib.parse.urlsplit(dl.remote("timm", arch).url).path.endswith("/model.safetensors")
+
+
+def test_an_unusable_cache_folder_is_a_graft_error(loopback_hub, tmp_path, monkeypatch) -> None:
+    serve_torchvision(loopback_hub, "squeezenet1_0")
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "a-file" / "torch"))
+    with pytest.raises(GraftError, match=r"cannot create .*a-file/torch/hub/checkpoints.*TORCH_HOME"):
+        create_model("squeezenet1_0", 2)
+    assert loopback_hub.requests == []

@@ -178,7 +178,10 @@ def fetch(
         return Fetched(path, kind, path.stat().st_size)
     where = remote(source, name)
     if where is None:
-        raise GraftError(f"{arch} has no published pretrained weights")
+        raise GraftError(
+            f"{arch} has no published pretrained weights; pass --weights FILE, or --no-pretrained to "
+            "train from scratch"
+        )
     reason = offline_reason()
     if reason:
         raise GraftError(
@@ -247,7 +250,10 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
 
 def _fetch_url(url: str, dest: Path, arch: str, progress: bool) -> None:
     """torch.hub's transfer into a temporary name beside ``dest``; verified, then renamed."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GraftError(f"cannot create {dest.parent}: {e.strerror or e} (TORCH_HOME chooses it)") from None
     # Hidden, and keeping the suffix that tells read_state_dict the format.
     tmp = dest.with_name(f".partial-{uuid.uuid4().hex[:8]}-{dest.name}")
     prefix = expected_hash(dest.name)
@@ -268,8 +274,13 @@ def _fetch_url(url: str, dest: Path, arch: str, progress: bool) -> None:
                 f"{got.group(1)[:12] if got else '?'}…): cut off or altered on the way; nothing was "
                 "saved, try again"
             ) from None
-        except (OSError, http.client.HTTPException) as e:
+        except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException) as e:
             raise _unreachable(arch, url, e, "GRAFT_TORCHVISION_MIRROR", str(dest)) from None
+        except OSError as e:  # the cache, not the network: unwritable, full
+            raise GraftError(
+                f"cannot save the {arch} weights in {dest.parent}: {e.strerror or e}; nothing was saved "
+                "(TORCH_HOME chooses the folder)"
+            ) from None
         if prefix is None:
             # No hash to check (some timm URLs): at least the file must read as tensors.
             try:

@@ -218,12 +218,14 @@ def create_model(
     head_dropout: float = 0.5,
     input_size: int | None = None,
 ) -> tuple[nn.Module, ModelSpec, Preprocessing]:
-    """Build ``arch`` with ImageNet weights found offline and a fresh head for ``num_classes``.
+    """Build ``arch`` with its published ImageNet weights and a fresh head for ``num_classes``.
 
     ``arch`` may be ``timm:NAME``, ``torchvision:NAME``, ``graft:NAME`` or a bare NAME (graft's
-    own architectures first, then torchvision when it has the name, else timm). Raises GraftError
-    for an unknown name (with close matches) or when pretrained weights cannot be found offline
-    (naming the file looked for and ``--weights``; graft's own architectures have none).
+    own architectures first, then torchvision when it has the name, else timm), optionally with a
+    weights tag (``resnet50.imagenet1k_v1``, ``convnext_tiny.fb_in22k_ft_in1k``). Weights missing
+    from the caches are downloaded (:mod:`graft.models.download`) unless ``GRAFT_OFFLINE=1``.
+    Raises GraftError for an unknown name (with close matches) or when the pretrained weights
+    cannot be had (saying why, the file and where it belongs; graft's own architectures have none).
 
     ``weights`` (a ``.safetensors``/``.pth``/``.pt``/``.bin`` state_dict for the ImageNet-shaped
     model) wins over ``pretrained``; its classifier may have another number of classes.
