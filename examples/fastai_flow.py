@@ -16,8 +16,7 @@ import random
 from pathlib import Path
 
 from graft import ImageData, Learner
-from graft.errors import GraftError
-from graft.models import fetch_weights
+from graft.models import weights_or_fallback
 
 
 def make_test_split(src: Path, dst: Path, fraction: float, seed: int) -> None:
@@ -51,11 +50,9 @@ def main() -> None:
 
     out = Path(args.out)
     make_test_split(Path(args.data), out / "data", args.test_fraction, seed=0)
-    try:  # cached, or downloaded now unless GRAFT_OFFLINE=1
-        arch, weights = args.arch, fetch_weights(args.arch).path
-    except GraftError as e:
-        print(f"{args.arch}: no ImageNet weights ({e}); using {args.fallback}")
-        arch, weights = args.fallback, fetch_weights(args.fallback).path
+    arch, weights, why = weights_or_fallback(args.arch, args.fallback)  # downloads unless GRAFT_OFFLINE=1
+    if why:
+        print(f"{args.arch}: no ImageNet weights ({why}); using {arch}")
     print(f"body: {arch} (ImageNet weights from {weights})")
     data = ImageData.from_folder(out / "data")
     print(data.summary())

@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 from graft import ImageData, Learner
-from graft.errors import GraftError
-from graft.models import fetch_weights
+from graft.models import weights_or_fallback
 
 # The blocks "layer3 + layer4" stand for in each body (names from graft's body blocks).
 LAST_STAGES = {
@@ -44,11 +43,9 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=None)
     args = parser.parse_args()
 
-    try:  # cached, or downloaded now unless GRAFT_OFFLINE=1
-        arch, weights = args.arch, fetch_weights(args.arch).path
-    except GraftError as e:
-        print(f"{args.arch}: no ImageNet weights ({e}); using {args.fallback}")
-        arch, weights = args.fallback, fetch_weights(args.fallback).path
+    arch, weights, why = weights_or_fallback(args.arch, args.fallback)  # downloads unless GRAFT_OFFLINE=1
+    if why:
+        print(f"{args.arch}: no ImageNet weights ({why}); using {arch}")
     print(f"body: {arch} (ImageNet weights from {weights})")
     data = ImageData.from_folder(args.data)
     print(data.summary())

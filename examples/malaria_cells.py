@@ -14,8 +14,7 @@ import argparse
 from pathlib import Path
 
 from graft import ImageData, Learner
-from graft.errors import GraftError
-from graft.models import fetch_weights
+from graft.models import weights_or_fallback
 
 
 def main() -> None:
@@ -30,11 +29,9 @@ def main() -> None:
     parser.add_argument("--shown", type=int, default=3, help="test predictions shown per class")
     args = parser.parse_args()
 
-    try:  # cached, or downloaded now unless GRAFT_OFFLINE=1
-        arch, weights = args.arch, fetch_weights(args.arch).path
-    except GraftError as e:
-        print(f"{args.arch}: no ImageNet weights ({e}); using {args.fallback}")
-        arch, weights = args.fallback, fetch_weights(args.fallback).path
+    arch, weights, why = weights_or_fallback(args.arch, args.fallback)  # downloads unless GRAFT_OFFLINE=1
+    if why:
+        print(f"{args.arch}: no ImageNet weights ({why}); using {arch}")
     print(f"body: {arch}, ImageNet weights from {weights}")
 
     # 70 / 20 / 10, stratified and seeded; the exact split is saved with the run.

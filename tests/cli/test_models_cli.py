@@ -123,11 +123,14 @@ def test_train_resnet34_with_the_real_command(loopback_hub, data, tmp_path) -> N
 def test_train_convnext_with_the_real_command_then_again_offline(loopback_hub, data, tmp_path) -> None:
     arch = "convnext_tiny.fb_in22k_ft_in1k"
     repo, _ = serve_timm(loopback_hub, arch)
-    proc = _cli("train", str(data), "--arch", arch, "--out", str(tmp_path / "first"), *QUICK)
+    # huggingface_hub draws its progress bar on terminals only; TQDM_POSITION=-1 is its switch
+    # to draw it anyway, as on a user's terminal.
+    env = {**os.environ, "TQDM_POSITION": "-1"}
+    proc = _cli("train", str(data), "--arch", arch, "--out", str(tmp_path / "first"), *QUICK, env=env)
     assert proc.returncode == 0, proc.stderr
     assert f"graft: fetched {arch} weights (" in proc.stderr
     assert f"/{repo}/resolve/main/model.safetensors into " in proc.stderr
-    assert "B/s" in proc.stderr  # huggingface_hub's progress bar
+    assert "B/s" in proc.stderr and "114M/114M" in proc.stderr  # size and rate
     seen = len(loopback_hub.requests)
     loopback_hub.stop()
     proc = _cli("train", str(data), "--arch", arch, "--offline", "--out", str(tmp_path / "second"), *QUICK)

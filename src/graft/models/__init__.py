@@ -10,6 +10,7 @@ from graft.models.factory import (
     find_pretrained,
     head_parameters,
     list_architectures,
+    weights_or_fallback,
 )
 from graft.models.registry import resolve as resolve_arch
 from graft.models.weights import read_state_dict
@@ -26,4 +27,5 @@ __all__ = [
     "list_architectures",
     "read_state_dict",
     "resolve_arch",
+    "weights_or_fallback",
 ]

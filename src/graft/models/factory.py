@@ -176,15 +176,18 @@ def _bundled_twin(name: str) -> str:
     return f" (tf_{name} has bundled weights)" if f"tf_{name}" in registry.LITE_PACKAGES else ""
 
 
-def _load_pretrained(source: str, name: str, build_kwargs: dict, arch: str) -> nn.Module:
-    """The ImageNet model with its published weights (strict load), fetched if needed, or GraftError."""
+def _load_pretrained(source: str, name: str, build_kwargs: dict, arch: str | None = None) -> nn.Module:
+    """The ImageNet model with its published weights (strict load), fetched if needed, or GraftError.
+
+    ``arch`` is the name as the user typed it, for the messages (default ``name``).
+    """
     if source == "graft":
         raise GraftError(
             f"no pretrained weights for {name}: it has no published weights; pass --weights FILE, "
             "or use --no-pretrained (or --mode scratch) to train from scratch"
         )
     try:
-        got = download.fetch(source, name, arch=arch)
+        got = download.fetch(source, name, arch=arch or name)
     except GraftError as e:
         raise GraftError(f"{e}{_bundled_twin(name)}") from None
     path = got.path
@@ -356,6 +359,19 @@ def fetch_weights(arch: str, *, progress: bool = True, verify: bool = False) -> 
     if verify and not got.downloaded:
         download.verify(got.path, arch)
     return got
+
+
+def weights_or_fallback(arch: str, fallback: str) -> tuple[str, Path, str | None]:
+    """``(arch, its weights, None)`` when ``arch``'s weights can be had (:func:`fetch_weights`),
+    else ``(fallback, its weights, why not)``: for recipes that must also run on offline machines.
+
+    Raises:
+        GraftError: Neither can be had.
+    """
+    try:
+        return arch, fetch_weights(arch).path, None
+    except GraftError as e:
+        return fallback, fetch_weights(fallback).path, str(e)
 
 
 def list_architectures(pattern: str | None = None, *, sizes: bool = False) -> list[dict]:
