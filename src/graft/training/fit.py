@@ -16,6 +16,7 @@ from graft.data.dataset import ImageData
 from graft.data.transforms import Preprocessing
 from graft.errors import GraftError
 from graft.models import ModelSpec, body_blocks
+from graft.models.weights import load_state
 from graft.training.checkpoint import Checkpoint, Progress, restore_rng, save_checkpoint
 from graft.training.distributed import broadcast, main_only, world
 from graft.training.features import FeaturePass, feature_head
@@ -151,7 +152,7 @@ def fit(
     state = resume.progress if resume is not None else Progress()
     best_state: dict[str, torch.Tensor] | None = None
     if resume is not None:
-        model.load_state_dict(resume.model)
+        load_state(model, resume.model)
         best_state = resume.best or {k: v.detach().clone() for k, v in model.state_dict().items()}
         if state.history:
             log(f"resuming after epoch {state.epoch} of {sum(p.epochs for p in phases)}")
@@ -266,7 +267,7 @@ def fit(
         log(f"training stopped: {e}")
         state.stopped = str(e)
     if best_state is not None:
-        model.load_state_dict(best_state)
+        load_state(model, best_state)
         if state.best_epoch != state.epoch:
             log(f"restored the best weights, from epoch {state.best_epoch} ({cfg.monitor})")
     for p in model.parameters():

@@ -34,6 +34,7 @@ from graft.evaluation.predictions import Prediction, top_k
 from graft.export.bundle import load_bundle, read_history, save_bundle
 from graft.models import ModelSpec, build_model, check_input_size, create_model, fetch_weights
 from graft.models.fuse import inference_model
+from graft.models.weights import load_state
 from graft.training.checkpoint import MAY_DIFFER, checkpoint_meta, matching_checkpoint
 from graft.training.distributed import broadcast, local, main_first, main_only, world
 from graft.training.features import feature_head
@@ -440,7 +441,7 @@ def load_learner(run_dir: str | Path, device: str = "auto", precision: str = "fp
     spec = ModelSpec.from_dict(meta["model"])
     model = build_model(spec)
     try:
-        model.load_state_dict(state_dict, strict=True)
+        load_state(model, state_dict)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise GraftError(f"{run_dir}: the weights do not fit architecture {spec.arch}: {first}") from None

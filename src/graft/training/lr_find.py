@@ -23,6 +23,7 @@ from graft.data.dataset import ImageData
 from graft.data.transforms import Preprocessing
 from graft.errors import GraftError
 from graft.models import ModelSpec, body_blocks
+from graft.models.weights import load_state
 from graft.training.features import feature_head
 from graft.training.optim import apply_phase, make_optimizer, plan_phases, set_train_mode
 from graft.training.passes import ImagePass, feature_pass
@@ -173,7 +174,7 @@ def lr_find(
     except _Stop:
         pass
     finally:
-        model.load_state_dict(state)
+        load_state(model, state)
         for p in model.parameters():
             p.requires_grad_(True)
         model.eval()
