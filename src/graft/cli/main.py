@@ -325,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "models",
         help="list architectures and their weights (bundled, cached, downloadable); fetch weights",
+        usage="graft models [PATTERN] [--sizes] [--offline]\n       graft models fetch NAME... [--offline]",
         description="graft models [PATTERN]: list architectures, their pretrained tags and where their "
         "weights are. graft models fetch NAME...: download weights now (to copy to an offline machine).",
     )
