@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from graft import checks
 from graft.data.resize import center_crop_box
 
 
@@ -43,13 +44,20 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`, every field checked (a run file may come from anyone).
+
+        Raises:
+            GraftError: A field missing, unknown, of the wrong type or out of range, named.
+        """
+        where = "preprocessing"
+        d = checks.record(d, where)
+        checks.only_keys(d, {f.name for f in fields(cls)}, where)
         return cls(
-            input_size=int(d["input_size"]),
-            mean=tuple(float(x) for x in d["mean"]),
-            std=tuple(float(x) for x in d["std"]),
-            interpolation=str(d["interpolation"]),
-            crop_pct=float(d["crop_pct"]),
+            input_size=checks.integer(d, "input_size", 8, 4096, where),
+            mean=checks.numbers(d, "mean", 3, -1e3, 1e3, where),
+            std=checks.numbers(d, "std", 3, 1e-6, 1e3, where),
+            interpolation=checks.choice(d, "interpolation", _INTERPOLATIONS, where),
+            crop_pct=checks.number(d, "crop_pct", 0.05, 1.0, where, open_lo=True),
         )
 
 

@@ -105,6 +105,8 @@ def read_meta(run_dir: str | Path) -> dict:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise GraftError(f"{meta_path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise GraftError(f"{meta_path} is nested too deeply to be a graft run") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
         raise GraftError(
             f"{meta_path}: unsupported bundle format {meta.get('format') if isinstance(meta, dict) else '?'}"

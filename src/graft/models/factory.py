@@ -16,6 +16,7 @@ import timm
 import torchvision
 from torch import nn
 
+from graft import checks
 from graft.data.transforms import Preprocessing
 from graft.errors import GraftError
 from graft.models import catalog, cifar, download, registry
@@ -57,7 +58,57 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
-        return cls(**d)
+        """Inverse of :meth:`to_dict`, every field checked before anything is built from it.
+
+        A run folder is shared like a model file: its architecture must resolve in graft's local
+        registry (no hub prefix, nothing fetched), and its sizes must be ones a network can have.
+
+        Raises:
+            GraftError: A field missing, unknown, of the wrong type or out of range, named.
+        """
+        where = "model"
+        d = checks.record(d, where)
+        checks.only_keys(d, {f.name for f in dataclasses.fields(cls)}, where)
+        source = checks.choice(d, "source", registry.SOURCES, where)
+        arch = checks.text(d, "arch", where)
+        try:
+            resolved = registry.resolve(f"{source}:{arch}")
+        except GraftError as e:
+            raise GraftError(f"{where}.arch: {e}") from None
+        if resolved != (source, arch):
+            raise GraftError(f"{where}.arch: '{arch}' is not a {source} architecture name")
+        hidden = d.get("head_hidden")
+        return cls(
+            arch=arch,
+            source=source,
+            num_classes=checks.integer(d, "num_classes", 1, MAX_CLASSES, where),
+            head_hidden=None if hidden is None else checks.integer(d, "head_hidden", 1, MAX_HIDDEN, where),
+            head_dropout=checks.number(d, "head_dropout", 0.0, 0.999, where),
+            head_names=checks.texts(d, "head_names", where, max_items=4, unique=True),
+            build_kwargs=_checked_build_kwargs(d.get("build_kwargs", {})),
+        )
+
+
+# Bounds of a run file's model fields: generous for real use, far below what would exhaust memory.
+MAX_CLASSES = 100_000
+MAX_HIDDEN = 16_384
+_BUILD_FLAGS = ("transform_input", "aux_logits")
+_BUILD_SIZES = ("image_size", "img_size")
+
+
+def _checked_build_kwargs(value: object) -> dict:
+    where = "model.build_kwargs"
+    d = checks.record(value, where)
+    checks.only_keys(d, _BUILD_FLAGS + _BUILD_SIZES, where)
+    out: dict = {}
+    for key in d:
+        if key in _BUILD_FLAGS:
+            if not isinstance(d[key], bool):
+                raise GraftError(f"{where}.{key} must be true or false")
+            out[key] = d[key]
+        else:
+            out[key] = checks.integer(d, key, 16, 4096, where)
+    return out
 
 
 # Smallest input side a model trains at: inception_v3's auxiliary head pools Mixed_6e (17x17 at

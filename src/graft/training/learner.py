@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from graft.checks import texts
 from graft.config import DEFAULT_LR, INFERENCE_PRECISIONS, NORMALIZE, TrainConfig
 from graft.data.dataset import ImageData, Sample
 from graft.data.selection import eval_samples, expand_paths
@@ -438,7 +439,10 @@ def load_learner(run_dir: str | Path, device: str = "auto", precision: str = "fp
         GraftError: If the folder is not a valid run, or its weights were modified.
     """
     state_dict, meta = load_bundle(run_dir)
-    spec = ModelSpec.from_dict(meta["model"])
+    try:
+        spec, pre, classes = _checked_run(meta, state_dict)
+    except GraftError as e:
+        raise GraftError(f"{run_dir}/graft.json: {e}") from None
     model = build_model(spec)
     try:
         load_state(model, state_dict)
@@ -449,8 +453,8 @@ def load_learner(run_dir: str | Path, device: str = "auto", precision: str = "fp
     learn._attach(
         model.eval(),
         spec,
-        Preprocessing.from_dict(meta["preprocessing"]),
-        list(meta["classes"]),
+        pre,
+        classes,
         TrainConfig.from_dict(meta.get("config", {})),
         device,
         data=None,
@@ -461,6 +465,25 @@ def load_learner(run_dir: str | Path, device: str = "auto", precision: str = "fp
     )
     learn.precision = precision
     return learn
+
+
+def _checked_run(meta: dict, state_dict: dict) -> tuple[ModelSpec, Preprocessing, list[str]]:
+    """The model, preprocessing and classes of a run file, checked against each other and the
+    weights before a network is built (a run folder may come from anyone)."""
+    spec = ModelSpec.from_dict(meta["model"])
+    pre = Preprocessing.from_dict(meta["preprocessing"])
+    classes = texts(meta, "classes", "run", max_items=spec.num_classes, unique=True)
+    if len(classes) != spec.num_classes:
+        raise GraftError(f"classes lists {len(classes)} names for a model with {spec.num_classes} outputs")
+    outputs = {
+        int(v.shape[0])
+        for name in spec.head_names
+        for k, v in state_dict.items()
+        if k.startswith(name + ".") and k.endswith("weight") and v.ndim >= 1
+    }
+    if spec.num_classes not in outputs:
+        raise GraftError(f"model.num_classes is {spec.num_classes}, but the weights' head has no such output")
+    return spec, pre, classes
 
 
 def resume_learner(run_dir: str | Path, device: str = "auto") -> Learner:
