@@ -2,6 +2,7 @@
 
 import asyncio
 import io
+import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -11,6 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from graft import load_learner
+from graft.errors import GraftError
 from graft.serving.app import create_app
 
 
@@ -127,3 +129,33 @@ def test_the_same_app_serves_again_after_a_restart(run):
             finally:
                 pool.shutdown(wait=False, cancel_futures=True)
             assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ({"max_batch": 0}, "max_batch must be from 1"),
+        ({"max_upload_mb": -1}, "max_upload_mb must be from 0.001"),
+        ({"max_files": 0}, "max_files must be from 1"),
+        ({"max_wait_ms": -5}, "max_wait_ms must be from 0"),
+    ],
+)
+def test_limits_out_of_range_are_refused(run, limits, message):
+    with pytest.raises(GraftError, match=message):
+        create_app(run[1], device="cpu", **limits)
+
+
+def test_serve_refuses_a_bad_or_busy_port_before_saying_it_serves(run, capsys):
+    from graft.cli.main import main
+
+    assert main(["serve", str(run[1]), "--port", "99999"]) == 2
+    captured = capsys.readouterr()
+    assert "port must be from 1 to 65535" in captured.err and "serving" not in captured.out
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        assert main(["serve", str(run[1]), "--port", str(port)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"graft: error: cannot listen on 127.0.0.1:{port}: ")
+    assert captured.err.count("\n") == 1 and "serving" not in captured.out
+    assert main(["serve", str(run[1]), "--max-batch", "0"]) == 2
+    assert "max_batch must be from 1" in capsys.readouterr().err

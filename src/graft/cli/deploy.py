@@ -26,11 +26,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from graft.serving.app import serve
 
-    print(f"serving {args.run} on http://{args.host}:{args.port}/  (Ctrl-C stops)")
     serve(
         args.run,
         host=args.host,
         port=args.port,
+        # Said only once everything checked out: a bad option or a port in use is one line, exit 2.
+        on_ready=lambda: print(f"serving {args.run} on http://{args.host}:{args.port}/  (Ctrl-C stops)"),
         device=args.device,
         precision=args.precision,
         max_upload_mb=args.max_upload_mb,

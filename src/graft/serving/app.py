@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import html
 import io
+import socket
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from graft.data.images import load_image
+from graft.errors import GraftError
 from graft.serving.batcher import Batcher
 from graft.serving.page import PAGE
 
@@ -133,9 +136,15 @@ def create_app(
         max_files: Most images in one request.
         max_batch: Most images per forward pass across concurrent requests.
         max_wait_ms: How long a request waits for others to share its forward pass.
+
+    Raises:
+        GraftError: A limit out of range, or the run folder is not a valid run.
     """
     from graft.training.learner import load_learner
 
+    _check_limits(
+        max_upload_mb=max_upload_mb, max_files=max_files, max_batch=max_batch, max_wait_ms=max_wait_ms
+    )
     learn = load_learner(run_dir, device=device, precision=precision)
     pre = learn.preprocessing
     batcher = Batcher(learn.predict_images, max_batch=max_batch, max_wait=max_wait_ms / 1000)
@@ -223,8 +232,50 @@ def create_app(
     return app
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, **kwargs) -> None:
-    """Run the app with uvicorn until interrupted (``kwargs`` go to :func:`create_app`)."""
+def _check_limits(**limits: float) -> None:
+    # (lowest, highest) of each limit: a zero or negative one would refuse or hang every request.
+    ranges = {
+        "max_upload_mb": (1e-3, 1e5),
+        "max_files": (1, 10_000),
+        "max_batch": (1, 4096),
+        "max_wait_ms": (0, 1e4),
+    }
+    for name, value in limits.items():
+        lo, hi = ranges[name]
+        if not (isinstance(value, int | float) and lo <= value <= hi):
+            raise GraftError(f"{name} must be from {lo:g} to {hi:g}, not {value!r}")
+
+
+def check_listen(host: str, port: int) -> None:
+    """Raise GraftError unless ``host:port`` can be listened on now (a port in use, out of range)."""
+    if not 1 <= int(port) <= 65535:
+        raise GraftError(f"port must be from 1 to 65535, not {port}")
+    try:
+        with socket.create_server((host, int(port))):
+            pass
+    except OSError as e:
+        raise GraftError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+def serve(
+    run_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    on_ready: Callable[[], None] | None = None,
+    **kwargs,
+) -> None:
+    """Run the app with uvicorn until interrupted (``kwargs`` go to :func:`create_app`).
+
+    ``on_ready`` runs once the run is loaded, the limits checked and the address found free,
+    just before serving: the place to announce it.
+
+    Raises:
+        GraftError: The address cannot be listened on, a limit is out of range, or the run is invalid.
+    """
     import uvicorn
 
-    uvicorn.run(create_app(run_dir, **kwargs), host=host, port=port, log_level="warning")
+    check_listen(host, port)
+    app = create_app(run_dir, **kwargs)
+    if on_ready is not None:
+        on_ready()
+    uvicorn.run(app, host=host, port=port, log_level="warning")
