@@ -10,10 +10,12 @@ import pytest
 import timm
 import torch
 import torchvision
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from graft.errors import GraftError
-from graft.models import create_model, find_pretrained
+from graft.models import create_model, find_pretrained, read_state_dict
 
 RESNET18_FILE = "resnet18-f37072fd.pth"  # basename of ResNet18_Weights.DEFAULT.url
 
@@ -202,3 +204,19 @@ def test_missing_non_tf_lite_hints_at_bundled_twin() -> None:
 def test_no_pretrained_needs_no_files() -> None:
     model, _, _ = create_model("resnet18", 3, pretrained=False)
     assert model.fc.out_features == 3
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    head=st.sampled_from(
+        [b"", b"\x80\x02", b"\x80\x04\x95", b"PK\x03\x04", b"\x08\x00\x00\x00\x00\x00\x00\x00{"]
+    ),
+    body=st.binary(max_size=400),
+    suffix=st.sampled_from([".pth", ".safetensors"]),
+)
+def test_junk_weights_files_are_one_line_errors(tmp_path_factory, head, body, suffix) -> None:
+    """Any bytes at all: a GraftError (never IndexError, KeyError, struct.error... as a traceback)."""
+    path = tmp_path_factory.mktemp("junk") / f"w{suffix}"
+    path.write_bytes(head + body)
+    with pytest.raises(GraftError):
+        read_state_dict(path)
