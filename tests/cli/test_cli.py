@@ -248,3 +248,16 @@ def test_output_piped_into_head_is_not_an_error(run, dataset):
     )  # fmt: skip
     assert proc.stdout.count("\n") == 1
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_out_inside_the_data_or_over_other_files_is_refused(dataset, tmp_path, capsys):
+    data = dataset / "data"
+    assert main(["train", str(data), "--out", str(data / "runs" / "x"), *FAST]) == 2
+    assert "is inside the dataset" in capsys.readouterr().err
+    assert not (data / "runs").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "history.csv").write_text("my own spreadsheet\n")
+    assert main(["train", str(data), "--out", str(mine), "--overwrite", *FAST]) == 2
+    assert "holds files that are not a graft run" in capsys.readouterr().err
+    assert (mine / "history.csv").read_text() == "my own spreadsheet\n"

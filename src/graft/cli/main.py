@@ -62,6 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         ranks = distributed.init_from_env(cfg.device)  # a world of one unless torchrun started us
         out = Path(cfg.out or f"runs/{Path(cfg.data).resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}")
         out = Path(distributed.broadcast(str(out)))  # rank 0's clock names the run
+        _check_out_folder(out, Path(cfg.data))
         _check_no_run(out, args.overwrite)
     if not ranks.is_main:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 prints the one log
@@ -147,6 +148,19 @@ def _check_resume_args(args: argparse.Namespace) -> None:
 
 def _fmt(values: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
+
+
+def _check_out_folder(out: Path, data: Path) -> None:
+    """Refuse a run folder inside the dataset (the next scan would read it as a class) or a
+    folder of the user's own files (a run would overwrite those of the same names)."""
+    from graft.training.checkpoint import CHECKPOINT_FILE
+
+    resolved, root = out.resolve(), data.resolve()
+    if resolved == root or root in resolved.parents:
+        raise GraftError(f"--out {out} is inside the dataset {data}: choose a folder outside it")
+    is_run = (out / "graft.json").exists() or (out / CHECKPOINT_FILE).exists()
+    if out.is_dir() and not is_run and any(out.iterdir()):
+        raise GraftError(f"--out {out} holds files that are not a graft run: choose an empty or new folder")
 
 
 def _check_no_run(out: Path, overwrite: bool) -> None:
