@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from graft.data.images import check_image, is_image_file, list_images, load_image
+from graft.data.images import (
+    MAX_ASPECT,
+    LargeImageWarning,
+    check_image,
+    fit_for_model,
+    is_image_file,
+    list_images,
+    load_image,
+)
 
 
 def _rgb(path: Path, size=(40, 30), color=(200, 30, 30)) -> Path:
@@ -83,8 +91,11 @@ def test_check_image_keeps_pillow_warnings_to_itself(tmp_path: Path, monkeypatch
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert check_image(path) is None  # a warning naming no file would be noise; the image is fine
-    with pytest.warns(Image.DecompressionBombWarning):
-        load_image(path)  # decoding it still warns
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_image(path)  # decoding it still warns, once, naming the file (Pillow's warning does not)
+    assert [w.category for w in caught] == [LargeImageWarning]
+    assert str(path) in str(caught[0].message) and "50x30" in str(caught[0].message)
 
 
 def test_check_image_catches_what_verify_misses(tmp_path: Path) -> None:
@@ -195,7 +206,56 @@ def test_draft_mode_keeps_short_side(tmp_path: Path) -> None:
         assert min_size <= min(small.size) < 1500, (min_size, small.size)
     assert load_image(tmp_path / "big.jpg", min_size=224).size == (500, 375)  # 1500 // 224 = 6 -> 1/4
     assert load_image(tmp_path / "big.jpg", min_size=1000).size == (2000, 1500)  # no reduction possible
-    assert load_image(_rgb(tmp_path / "p.png", size=(2000, 1500)), min_size=224).size == (2000, 1500)
+    # Other formats decode in full, then are reduced by the same rule (1500 // 224 = 6).
+    assert load_image(_rgb(tmp_path / "p.png", size=(2000, 1500)), min_size=224).size == (334, 250)
+
+
+def test_large_png_is_reduced_for_the_model(tmp_path: Path) -> None:
+    """Issue 18: a 140 KB PNG of 12000x12000 px was held decoded in full (432 MB) until the forward
+    pass. Decoding for a model keeps the shorter side >= min_size and nothing more."""
+    path = tmp_path / "huge.png"
+    Image.new("L", (12000, 12000), 90).save(path, optimize=True)
+    assert path.stat().st_size < 300_000
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = load_image(path, min_size=256)
+    assert image.mode == "RGB" and image.size == (261, 261)  # 12000 // 256 = 46, 12000 / 46 rounded up
+    assert image.getpixel((100, 100)) == (90, 90, 90)
+    assert [str(w.message) for w in caught if w.category is LargeImageWarning][0].startswith(f"{path}: 12000x12000")
+
+
+def test_extreme_strip_keeps_its_centre(tmp_path: Path) -> None:
+    """Issue 18: a 111-byte 10000x1 PNG made every TTA view a 2.5-million-pixel-long row (3.5 GB
+    for 4 views), a 40000x1 one a MemoryError. A strip keeps MAX_ASPECT:1 of its centre."""
+    arr = np.zeros((1, 40000, 3), dtype=np.uint8)
+    arr[0, 20000 - 8 : 20000 + 8] = (255, 0, 0)  # the centre is red, the rest black
+    Image.fromarray(arr).save(tmp_path / "strip.png")
+    assert (tmp_path / "strip.png").stat().st_size < 1000
+    image = load_image(tmp_path / "strip.png", min_size=224)
+    assert image.size == (MAX_ASPECT, 1) and image.getpixel((MAX_ASPECT // 2, 0)) == (255, 0, 0)
+    tall = load_image(_rgb(tmp_path / "tall.png", size=(3, 200)), min_size=224)
+    assert tall.size == (3, 3 * MAX_ASPECT)
+    assert load_image(tmp_path / "strip.png").size == (40000, 1)  # without min_size: as stored
+
+
+def test_reduction_averages_transparent_and_16bit_pixels_correctly(tmp_path: Path) -> None:
+    """Alpha is premultiplied before averaging (transparent black does not darken the edge), and
+    16-bit grey keeps its 16-bit scaling."""
+    rgba = np.zeros((600, 600, 4), dtype=np.uint8)
+    rgba[:, ::2] = (255, 0, 0, 255)  # every other column opaque red, the rest transparent black
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    r, g, b = load_image(tmp_path / "a.png", min_size=100).getpixel((50, 50))
+    assert r == 255 and 120 <= g <= 135 and g == b  # red half and white half, not a dark red
+    grey = Image.fromarray(np.full((600, 600), 40000, dtype=np.uint16))
+    grey.save(tmp_path / "g16.png")
+    assert load_image(tmp_path / "g16.png", min_size=100).getpixel((5, 5)) == (156, 156, 156)  # 40000/257
+    assert load_image(tmp_path / "g16.png").getpixel((5, 5)) == (156, 156, 156)
+
+
+def test_fit_for_model_takes_every_mode() -> None:
+    for mode in ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "I", "I;16", "F", "CMYK", "YCbCr"]:
+        small = fit_for_model(Image.new(mode, (900, 450)), 100)
+        assert small.size == (225, 113), mode  # 450 // 100 = 4
 
 
 def test_undecodable_raises(tmp_path: Path) -> None:

@@ -99,3 +99,45 @@ def test_views_survive_pickling_and_worker_processes(model_and_samples):
     in_process, _ = predict_probs(model, spec, pre, samples, torch.device("cpu"), tta=True, workers=0)
     in_worker, _ = predict_probs(model, spec, pre, samples, torch.device("cpu"), tta=True, workers=1)
     np.testing.assert_allclose(in_worker, in_process, atol=1e-6)
+
+
+_STRIP_SCRIPT = """
+import dataclasses, resource, sys
+import numpy as np, torch
+from PIL import Image
+from graft.data.dataset import Sample
+from graft.evaluation.inference import predict_probs
+from graft.models import create_model
+
+model, spec, pre = create_model("tf_efficientnet_lite0", 2, pretrained=False)
+pre = dataclasses.replace(pre, input_size=40)
+model.eval()
+normal, strip = sys.argv[1], sys.argv[2]
+predict_probs(model, spec, pre, [Sample(normal, None)], torch.device("cpu"), tta=4, workers=0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+probs, kept = predict_probs(model, spec, pre, [Sample(strip, None)], torch.device("cpu"), tta=4, workers=0)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(len(kept), round(float(probs.sum()), 6), (after - before) // 1024)
+"""
+
+
+def test_tta_on_a_tiny_file_of_a_long_strip_stays_small(tmp_path):
+    """Issue 18: a 111-byte 10000x1 PNG with 4 TTA views peaked at 3.5 GB (each view resized its
+    1-px side to the model's size); a 40000x1 one ended in a MemoryError. Peak memory now grows
+    by a few MB at most (measured in a fresh process: ru_maxrss before and after)."""
+    import subprocess
+    import sys
+
+    Image.new("RGB", (64, 48), (120, 30, 30)).save(tmp_path / "normal.png")
+    Image.new("RGB", (40000, 1), (30, 120, 30)).save(tmp_path / "strip.png")
+    assert (tmp_path / "strip.png").stat().st_size < 1000
+    out = subprocess.run(
+        [sys.executable, "-c", _STRIP_SCRIPT, str(tmp_path / "normal.png"), str(tmp_path / "strip.png")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    kept, total, grown_mb = out.stdout.split()
+    assert kept == "1" and float(total) == pytest.approx(1.0)
+    assert int(grown_mb) < 150, f"peak memory grew by {grown_mb} MB for one 40000x1 image"

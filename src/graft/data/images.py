@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 # Lower-case suffixes treated as images. Anything else (and any hidden file) is left out of listings;
 # list_images can report what it left out (see Ignored).
@@ -214,24 +214,116 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # 1, L, CMYK, YCbCr, LAB, HSV, ...
 
 
+# When decoding for a model, the longer side is kept to at most this many times the shorter one:
+# every view resizes the shorter side to the model's size, so a 40000x1 strip would otherwise
+# become a 10-million-pixel-long row (gigabytes per view). Longer strips keep their centre.
+MAX_ASPECT = 16
+
+
+class LargeImageWarning(Image.DecompressionBombWarning):
+    """An image over Pillow's decompression-bomb warning limit (``Image.MAX_IMAGE_PIXELS``), decoded
+    anyway (it is under the hard limit, twice that). Pillow's own warning names no file; this one
+    does, and filters set for Pillow's category apply to it."""
+
+
+def _open_quietly(path) -> Image.Image:
+    """``Image.open`` without Pillow's bomb warning, which names no file; the caller warns instead."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
+def _reduced(im: Image.Image, factor: int) -> Image.Image:
+    """``Image.reduce(factor)`` for any mode: palette and bilevel images are widened first (reduce
+    does not take them), 16-bit ones go through 32-bit and back, and alpha is premultiplied so the
+    hidden colours of transparent pixels do not bleed into the average."""
+    sixteen = im.mode.startswith("I;16")
+    if im.mode == "P" or (im.mode in ("L", "RGB") and "transparency" in im.info):
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif im.mode in ("1", "PA"):
+        im = im.convert({"1": "L", "PA": "RGBA"}[im.mode])
+    elif sixteen:
+        im = im.convert("I")
+    premultiplied = {"RGBA": "RGBa", "LA": "La"}.get(im.mode)
+    if premultiplied:
+        return im.convert(premultiplied).reduce(factor).convert(im.mode)
+    small = im.reduce(factor)
+    return small.convert("I;16") if sixteen else small
+
+
+def fit_for_model(im: Image.Image, min_size: int) -> Image.Image:
+    """Shrink a decoded image by an integer factor while its shorter side stays >= ``min_size``
+    (what JPEG draft mode does inside the decoder, for every format), then centre-crop the longer
+    side to :data:`MAX_ASPECT` times the shorter. The full-size pixels can be freed at once, so
+    what a loader or server holds per image is bounded by ``min_size``, not by the file.
+    """
+    factor = min(im.size) // min_size if min_size > 0 else 0
+    if factor >= 2:
+        im = _reduced(im, factor)
+    w, h = im.size
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        keep = MAX_ASPECT * min(w, h)
+        if w > h:
+            im = im.crop(((w - keep) // 2, 0, (w - keep) // 2 + keep, h))
+        else:
+            im = im.crop((0, (h - keep) // 2, w, (h - keep) // 2 + keep))
+    return im
+
+
+# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _upright(original: Image.Image, image: Image.Image) -> Image.Image:
+    """``image`` (``original`` or a reduced copy of it) turned by the original's EXIF orientation."""
+    try:
+        if image is original:
+            return ImageOps.exif_transpose(original)
+        method = _UPRIGHT.get(original.getexif().get(ExifTags.Base.Orientation))
+        return image.transpose(method) if method else image
+    except Exception:  # a corrupt EXIF block should not lose an otherwise good image
+        return image
+
+
+def _warn_if_large(im: Image.Image, path) -> None:
+    pixels = im.size[0] * im.size[1]
+    limit = Image.MAX_IMAGE_PIXELS
+    # Only files: a caller decoding bytes (the server) knows the upload's name and its own limits.
+    if limit and pixels > limit and isinstance(path, str | os.PathLike):
+        warnings.warn(
+            f"{path}: {im.size[0]}x{im.size[1]} = {pixels / 1e6:.0f} Mpx, over Pillow's "
+            f"decompression-bomb warning limit of {limit / 1e6:.0f} Mpx; decoded anyway",
+            LargeImageWarning,
+            stacklevel=3,
+        )
+
+
 def load_image(path: Path, min_size: int | None = None) -> Image.Image:
     """Decode ``path`` to an RGB PIL image with EXIF orientation applied.
 
     Any mode (L, LA, P with transparency, RGBA, CMYK, I;16, I, F) becomes RGB; alpha is
-    composited on white. With ``min_size``, large JPEGs are decoded at reduced scale (Pillow
-    draft mode) keeping the shorter side >= min_size. Raises OSError/ValueError on bad files.
+    composited on white. With ``min_size`` (decoding for a model whose views resize the shorter
+    side to it), the image is reduced by an integer factor keeping the shorter side >= min_size
+    (JPEGs inside the decoder, by Pillow's draft mode) and a strip longer than MAX_ASPECT:1 keeps
+    its centre: see :func:`fit_for_model`. Raises OSError/ValueError on bad files; warns
+    :class:`LargeImageWarning`, naming the file, above Pillow's bomb warning limit.
     """
     try:
-        with Image.open(path) as im:
+        with _open_quietly(path) as im:
+            _warn_if_large(im, path)
             if min_size and im.format == "JPEG":
                 _draft_jpeg(im, int(min_size))
             im.seek(0)  # animated GIF/WebP/TIFF: the first frame
             im.load()
-            try:
-                oriented = ImageOps.exif_transpose(im)
-            except Exception:  # a corrupt EXIF block should not lose an otherwise good image
-                oriented = im
-            out = _to_rgb(oriented)
+            out = _to_rgb(_upright(im, fit_for_model(im, int(min_size)) if min_size else im))
             if out is im:
                 out = im.copy()  # detach from the file handle closed by `with`
     except Image.DecompressionBombError as e:
