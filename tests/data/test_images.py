@@ -262,3 +262,16 @@ def test_undecodable_raises(tmp_path: Path) -> None:
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
     with pytest.raises((OSError, ValueError)):
         load_image(tmp_path / "bad.jpg")
+
+
+def test_banded_reduction_equals_a_whole_image_reduce() -> None:
+    """Modes that need converting are reduced a band of rows at a time (so a 144 Mpx RGBA upload
+    never has a second full-size copy); the result is that of converting and reducing at once."""
+    rng = np.random.default_rng(0)
+    rgba = Image.fromarray(rng.integers(0, 255, size=(3001, 2000, 4), dtype=np.uint8), "RGBA")
+    whole = rgba.convert("RGBa").reduce(6).convert("RGBA")  # 2000 // 300 = 6, in 2 bands
+    assert np.array_equal(np.asarray(fit_for_model(rgba, 300)), np.asarray(whole))
+    palette = rgba.convert("RGB").quantize(64)
+    assert np.array_equal(
+        np.asarray(fit_for_model(palette, 300)), np.asarray(palette.convert("RGB").reduce(6))
+    )

@@ -233,22 +233,41 @@ def _open_quietly(path) -> Image.Image:
         return Image.open(path)
 
 
+# Modes Image.reduce averages as they are; others are converted first (see _reduce_mode).
+_REDUCE_AS_IS = frozenset({"L", "RGB", "I", "F", "CMYK", "YCbCr", "LAB", "HSV"})
+
+# Rows converted at a time before reducing: a few Mpx, so a conversion never copies a whole image.
+_BAND_PIXELS = 1 << 22
+
+
+def _reduce_mode(im: Image.Image) -> tuple[str, str]:
+    """(mode to reduce in, mode to return) for ``im``: palette and bilevel images are widened
+    (reduce does not take them), 16-bit ones go through 32-bit, and alpha is premultiplied so
+    the hidden colours of transparent pixels do not bleed into the average."""
+    mode = im.mode
+    if mode == "P" or (mode in ("L", "RGB") and "transparency" in im.info):
+        mode = "RGBA" if "transparency" in im.info else "RGB"
+    elif mode in ("1", "PA"):
+        mode = {"1": "L", "PA": "RGBA"}[mode]
+    elif mode.startswith("I;16"):
+        return "I", "I;16"
+    return {"RGBA": "RGBa", "LA": "La"}.get(mode, mode), mode
+
+
 def _reduced(im: Image.Image, factor: int) -> Image.Image:
-    """``Image.reduce(factor)`` for any mode: palette and bilevel images are widened first (reduce
-    does not take them), 16-bit ones go through 32-bit and back, and alpha is premultiplied so the
-    hidden colours of transparent pixels do not bleed into the average."""
-    sixteen = im.mode.startswith("I;16")
-    if im.mode == "P" or (im.mode in ("L", "RGB") and "transparency" in im.info):
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    elif im.mode in ("1", "PA"):
-        im = im.convert({"1": "L", "PA": "RGBA"}[im.mode])
-    elif sixteen:
-        im = im.convert("I")
-    premultiplied = {"RGBA": "RGBa", "LA": "La"}.get(im.mode)
-    if premultiplied:
-        return im.convert(premultiplied).reduce(factor).convert(im.mode)
-    small = im.reduce(factor)
-    return small.convert("I;16") if sixteen else small
+    """``Image.reduce(factor)`` for any mode. A mode that needs converting is converted and
+    reduced one band of rows at a time (bands a multiple of ``factor`` high, so the blocks are
+    those of a whole-image reduce), so the peak memory is the decoded image plus a few Mpx."""
+    if im.mode in _REDUCE_AS_IS and "transparency" not in im.info:
+        return im.reduce(factor)
+    work, final = _reduce_mode(im)
+    width, height = im.size
+    out = Image.new(final, (-(-width // factor), -(-height // factor)))
+    rows = factor * max(1, _BAND_PIXELS // (width * factor))
+    for top in range(0, height, rows):
+        band = im.crop((0, top, width, min(height, top + rows))).convert(work).reduce(factor)
+        out.paste(band.convert(final), (0, top // factor))
+    return out
 
 
 def fit_for_model(im: Image.Image, min_size: int) -> Image.Image:
