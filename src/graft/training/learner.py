@@ -383,13 +383,15 @@ class Learner:
         return [samples[i].path for i in kept], probs
 
     @torch.inference_mode()
-    def predict_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+    def predict_images(self, images: Sequence[Image.Image | torch.Tensor]) -> np.ndarray:
         """Class probabilities (rows in input order) for decoded RGB images held in memory, as
-        a server receives them; preprocessing as in :meth:`predict_probs`, in one batch."""
+        a server receives them; preprocessing as in :meth:`predict_probs`, in one batch. A tensor
+        is taken as already preprocessed (the eval transform's output)."""
         if not images:
             return np.zeros((0, len(self.classes)))
         transform = eval_transform(self.preprocessing)
-        x = channels_last(torch.stack([transform(im) for im in images]).to(self.device))
+        x = torch.stack([im if isinstance(im, torch.Tensor) else transform(im) for im in images])
+        x = channels_last(x.to(self.device))
         with autocast(self.device, self.precision):
             logits = self._inference_model()(x)
         return torch.softmax(logits.double(), dim=1).cpu().numpy()
