@@ -13,23 +13,30 @@ from __future__ import annotations
 import asyncio
 import html
 import io
+import logging
 import socket
+import warnings
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+import torch
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image, UnidentifiedImageError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 
 from graft.data.images import load_image
+from graft.data.transforms import eval_transform
 from graft.errors import GraftError
 from graft.serving.batcher import Batcher
+from graft.serving.budget import PixelBudget
 from graft.serving.page import PAGE
+from graft.serving.schema import FIELD, REQUEST_BODY, RESPONSES, Predictions
 
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
 
@@ -91,17 +98,19 @@ class _TooLarge(Exception):
     pass
 
 
-def decode(data: bytes, name: str, min_size: int) -> Image.Image:
-    """An uploaded file as an RGB image (EXIF orientation applied).
+def probe(data: bytes, name: str) -> int:
+    """Check an upload's header and return its pixel count, before any pixel is decoded.
 
     Raises:
-        BadImage: Empty, not an image, a format not allowed, undecodable, or too many pixels.
+        BadImage: Empty, not an image, a format not allowed, or over Pillow's hard pixel limit.
     """
     if not data:
         raise BadImage(400, f"{name}: empty file (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            fmt = probe.format
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the budget handles these
+            with Image.open(io.BytesIO(data)) as header:
+                fmt, (width, height) = header.format, header.size
     except UnidentifiedImageError:
         raise BadImage(415, f"{name}: not an image ({', '.join(sorted(ALLOWED_FORMATS))} accepted)") from None
     except Image.DecompressionBombError:
@@ -110,12 +119,31 @@ def decode(data: bytes, name: str, min_size: int) -> Image.Image:
         raise BadImage(422, f"{name}: the image could not be decoded ({e})") from None
     if fmt not in ALLOWED_FORMATS:
         raise BadImage(415, f"{name}: format {fmt} not accepted ({', '.join(sorted(ALLOWED_FORMATS))})")
+    return width * height
+
+
+def decode(data: bytes, name: str, transform: Callable[[Image.Image], torch.Tensor], min_size: int):
+    """An upload as the model's input tensor: decoded at the size the model needs (see
+    :func:`~graft.data.images.load_image`), then ``transform``-ed, so the full-size pixels are
+    freed here and a request holds only tensors of the model's input size.
+
+    Raises:
+        BadImage: Undecodable (truncated, corrupt) or too many pixels.
+    """
     try:
-        return load_image(io.BytesIO(data), min_size)
+        return transform(load_image(io.BytesIO(data), min_size))
     except ValueError as e:  # load_image's decompression-bomb guard
         raise BadImage(413, f"{name}: too many pixels ({e})") from None
     except Exception as e:  # truncated or corrupt data
         raise BadImage(422, f"{name}: the image could not be decoded ({e})") from None
+
+
+# Pixels decoded at once across all requests (see PixelBudget): one image at Pillow's hard limit
+# (2 x MAX_IMAGE_PIXELS, 179 Mpx), or many smaller ones. At most 4 bytes a pixel as decoded (RGBA,
+# 32-bit grey; RGB is 3) and a few Mpx for conversions: about 720 MB in the worst case.
+DECODE_BUDGET_PIXELS = 180_000_000
+
+log = logging.getLogger("graft.serve")
 
 
 def create_app(
@@ -127,6 +155,7 @@ def create_app(
     max_files: int = 32,
     max_batch: int = 16,
     max_wait_ms: float = 5.0,
+    max_request_mpx: float = 2000.0,
 ) -> FastAPI:
     """The app serving the run in ``run_dir``.
 
@@ -136,6 +165,7 @@ def create_app(
         max_files: Most images in one request.
         max_batch: Most images per forward pass across concurrent requests.
         max_wait_ms: How long a request waits for others to share its forward pass.
+        max_request_mpx: Most pixels (millions, as the files' headers state them) in one request.
 
     Raises:
         GraftError: A limit out of range, or the run folder is not a valid run.
@@ -143,44 +173,38 @@ def create_app(
     from graft.training.learner import load_learner
 
     _check_limits(
-        max_upload_mb=max_upload_mb, max_files=max_files, max_batch=max_batch, max_wait_ms=max_wait_ms
+        max_upload_mb=max_upload_mb,
+        max_files=max_files,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_request_mpx=max_request_mpx,
     )
     learn = load_learner(run_dir, device=device, precision=precision)
     pre = learn.preprocessing
     batcher = Batcher(learn.predict_images, max_batch=max_batch, max_wait=max_wait_ms / 1000)
+    budget = PixelBudget(DECODE_BUDGET_PIXELS)
+    limits = {"max_upload_mb": max_upload_mb, "max_files": max_files, "max_request_mpx": max_request_mpx}
     info = {
         "model": learn.spec.to_dict(),
         "classes": learn.classes,
         "preprocessing": pre.to_dict(),
         "metrics": learn.metrics,
         "precision": learn.precision,
-        "limits": {
-            "max_upload_mb": max_upload_mb,
-            "max_files": max_files,
-            "formats": sorted(ALLOWED_FORMATS),
-        },
+        "limits": {**limits, "formats": sorted(ALLOWED_FORMATS)},
     }
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         batcher.start()
+        budget.start()
         yield
         await batcher.stop()
 
     app = FastAPI(title="graft", lifespan=lifespan)
     app.add_middleware(BodyLimit, limit=int(max_upload_mb * 1e6))
-    app.state.batcher = batcher
-
-    # Every error answer has the same shape: {"error": "..."} (FastAPI's default is {"detail": ...}).
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(x) for x in first.get("loc", ()))
-        return error(422, f"{where}: {first.get('msg', 'invalid request')}")
+    app.state.batcher, app.state.budget = batcher, budget
+    _add_error_handlers(app)
+    reader = _ImageReader(eval_transform(pre), pre.resize_size, budget, int(max_request_mpx * 1e6))
 
     @app.get("/health")
     async def health() -> dict:
@@ -192,44 +216,99 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
-        title = f"{learn.spec.arch}: {len(learn.classes)} classes"
-        classes = ", ".join(learn.classes[:20]) + (" …" if len(learn.classes) > 20 else "")
+        n = len(learn.classes)
+        title = f"{learn.spec.arch}: {n} class{'es' if n != 1 else ''}"
+        classes = ", ".join(learn.classes[:20]) + (" …" if n > 20 else "")
         return PAGE.replace("__TITLE__", html.escape(title)).replace("__SUBTITLE__", html.escape(classes))
 
-    @app.post("/predict")
+    @app.post("/predict", openapi_extra=REQUEST_BODY, responses=RESPONSES, response_model=Predictions)
     async def predict(request: Request, top_k: int = 3):
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            return error(415, "send images as multipart/form-data (field name: file)")
+            return error(415, f"send images as multipart/form-data (field name: {FIELD})")
         try:
             form = await request.form(max_files=max_files)
         except MultiPartException as e:
             return error(400, f"malformed multipart body: {e.message}")
-        uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
-        if not uploads:
-            return error(400, "no image file in the request (multipart field name: file)")
-        names, images = [], []
         try:
-            for upload in uploads:
-                name = upload.filename or "upload"
-                data = await upload.read()
-                images.append(await asyncio.to_thread(decode, data, name, pre.resize_size))
-                names.append(name)
+            names, tensors = await reader.read(form)
         except BadImage as e:
             return error(e.status, str(e))
         finally:
             await form.close()
-        probs = await batcher(images)
-        k = max(1, min(top_k, len(learn.classes)))
-        predictions = []
-        for name, row in zip(names, probs, strict=True):
-            order = row.argsort()[::-1][:k]
-            top = [{"label": learn.classes[j], "prob": round(float(row[j]), 6)} for j in order]
-            predictions.append(
-                {"filename": name, "label": top[0]["label"], "prob": top[0]["prob"], "top": top}
-            )
-        return {"predictions": predictions}
+        probs = await batcher(tensors)
+        return {"predictions": _top(names, probs, learn.classes, top_k)}
 
     return app
+
+
+class _ImageReader:
+    """Turns a request's uploads into model inputs within the per-request and per-process budgets."""
+
+    def __init__(self, transform: Callable, min_size: int, budget: PixelBudget, max_pixels: int) -> None:
+        self.transform, self.min_size, self.budget, self.max_pixels = transform, min_size, budget, max_pixels
+
+    async def read(self, form: FormData) -> tuple[list[str], list[torch.Tensor]]:
+        """(file names, input tensors) of the images in the form's ``file`` field.
+
+        Raises:
+            BadImage: No image in the field, or one that cannot be used; the request's pixels over budget.
+        """
+        items = form.multi_items()
+        uploads = [v for k, v in items if k == FIELD and isinstance(v, UploadFile)]
+        if not uploads:
+            got = sorted({k for k, _ in items})
+            raise BadImage(
+                400,
+                f"no image file in the request: send each image in a multipart field named '{FIELD}'"
+                + (f" (got: {', '.join(got)})" if got else ""),
+            )
+        names = [u.filename or "upload" for u in uploads]
+        datas = [await u.read() for u in uploads]
+        pixels = [probe(data, name) for data, name in zip(datas, names, strict=True)]
+        if sum(pixels) > self.max_pixels:
+            raise BadImage(
+                413,
+                f"the request's images hold {sum(pixels) / 1e6:.0f} Mpx, over the "
+                f"{self.max_pixels / 1e6:g} Mpx a request may hold: send fewer or smaller images",
+            )
+        tensors = []
+        for i, (data, name) in enumerate(zip(datas, names, strict=True)):
+            async with self.budget.hold(pixels[i]):
+                tensors.append(await asyncio.to_thread(decode, data, name, self.transform, self.min_size))
+            datas[i] = b""  # the compressed bytes are not needed any more
+        return names, tensors
+
+
+def _top(names: list[str], probs, classes: list[str], top_k: int) -> list[dict]:
+    """The ``top_k`` classes of each row of ``probs``, best first."""
+    k = max(1, min(top_k, len(classes)))
+    out = []
+    for name, row in zip(names, probs, strict=True):
+        order = row.argsort()[::-1][:k]
+        top = [{"label": classes[j], "prob": round(float(row[j]), 6)} for j in order]
+        out.append({"filename": name, "label": top[0]["label"], "prob": top[0]["prob"], "top": top})
+    return out
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error answer has the same shape, ``{"error": "..."}`` (FastAPI's is ``{"detail": ...}``),
+    keeping the headers the error came with (``Allow`` on a 405)."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return error(422, f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, _: ClientDisconnect) -> Response:
+        # Nobody is left to answer; one line in the log instead of a traceback.
+        log.warning("graft serve: %s %s: the client disconnected mid-request", request.method, request.url.path)
+        return Response(status_code=499)
 
 
 def _check_limits(**limits: float) -> None:
@@ -239,6 +318,7 @@ def _check_limits(**limits: float) -> None:
         "max_files": (1, 10_000),
         "max_batch": (1, 4096),
         "max_wait_ms": (0, 1e4),
+        "max_request_mpx": (1, 1e6),
     }
     for name, value in limits.items():
         lo, hi = ranges[name]

@@ -6,7 +6,7 @@ PAGE = """<!DOCTYPE html>
 <style>
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:760px;margin:2rem auto;
 padding:0 1rem;color:#1f2328}
-#drop{border:2px dashed #8c959f;border-radius:10px;padding:2rem;text-align:center;color:#57606a;
+#drop{display:block;border:2px dashed #8c959f;border-radius:10px;padding:2rem;text-align:center;color:#57606a;
 cursor:pointer}
 #drop.over{background:#ddf4ff;border-color:#0969da}
 .pred{display:flex;gap:1rem;margin:1rem 0;align-items:flex-start}
@@ -26,31 +26,34 @@ const drop = document.getElementById("drop"), input = document.getElementById("f
 const results = document.getElementById("results"), status = document.getElementById("status");
 function el(tag, cls, text) { const e = document.createElement(tag); if (cls) e.className = cls;
   if (text !== undefined) e.textContent = text; return e; }
+// One request per file, so a file the server refuses shows its own error beside the others' results.
+async function predictOne(file) {
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const response = await fetch("predict?top_k=5", {method: "POST", body: form});
+  let body;
+  try { body = await response.json(); } catch (err) { throw new Error(response.statusText); }
+  if (!response.ok) throw new Error(body.error || response.statusText);
+  return body.predictions[0];
+}
+function card(file, p) {
+  const c = el("div", "pred"); c.dataset.label = p.label;
+  const img = el("img"); img.src = URL.createObjectURL(file); img.alt = p.filename;
+  const rows = el("div", "rows"); rows.append(el("strong", "filename", p.filename));
+  for (const t of p.top) {
+    const row = el("div", "row"); row.append(el("span", "name", t.label));
+    const bar = el("div", "bar"); bar.style.width = (t.prob * 60).toFixed(1) + "%";
+    row.append(bar, el("span", "prob", t.prob.toFixed(3))); rows.append(row);
+  }
+  c.append(img, rows); return c;
+}
 async function send(files) {
   if (!files.length) return;
-  const form = new FormData();
-  for (const f of files) form.append("file", f, f.name);
-  status.textContent = "predicting " + files.length + " image(s)…";
-  let body;
-  try {
-    const response = await fetch("predict?top_k=5", {method: "POST", body: form});
-    body = await response.json();
-    if (!response.ok) throw new Error(body.error || response.statusText);
-  } catch (err) {
-    status.textContent = ""; results.prepend(el("p", "error", "error: " + err.message)); return;
-  }
+  status.textContent = "predicting " + files.length + " image" + (files.length > 1 ? "s" : "") + "…";
+  const shown = await Promise.all(files.map(f => predictOne(f).then(p => card(f, p),
+    err => el("p", "error", f.name + ": " + err.message))));
   status.textContent = "";
-  body.predictions.forEach((p, i) => {
-    const card = el("div", "pred"); card.dataset.label = p.label;
-    const img = el("img"); img.src = URL.createObjectURL(files[i]); img.alt = p.filename;
-    const rows = el("div", "rows"); rows.append(el("strong", "filename", p.filename));
-    for (const t of p.top) {
-      const row = el("div", "row"); row.append(el("span", "name", t.label));
-      const bar = el("div", "bar"); bar.style.width = (t.prob * 60).toFixed(1) + "%";
-      row.append(bar, el("span", "prob", t.prob.toFixed(3))); rows.append(row);
-    }
-    card.append(img, rows); results.prepend(card);
-  });
+  results.prepend(...shown);
 }
 input.addEventListener("change", () => send([...input.files]));
 drop.addEventListener("dragover", e => { e.preventDefault(); drop.classList.add("over"); });

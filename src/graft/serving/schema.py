@@ -1,0 +1,70 @@
+"""What ``POST /predict`` takes and answers, for the OpenAPI document (``GET /openapi.json``).
+
+The route reads its multipart body itself (to apply the upload limits before FastAPI would), so
+FastAPI cannot infer the body: it is declared here, for schema-driven clients and fuzzers.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+# The multipart field every image goes in (repeat it for several images).
+FIELD = "file"
+
+
+class Label(BaseModel):
+    """One class and its probability."""
+
+    label: str
+    prob: float
+
+
+class Prediction(BaseModel):
+    """The answer for one uploaded image: the top class, then the ``top_k`` best."""
+
+    filename: str
+    label: str
+    prob: float
+    top: list[Label]
+
+
+class Predictions(BaseModel):
+    """The answer to ``POST /predict``: one prediction per image, in upload order."""
+
+    predictions: list[Prediction]
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx answer: one line saying what was wrong."""
+
+    error: str
+
+
+REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FIELD],
+                    "properties": {
+                        FIELD: {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "the images (JPEG, PNG, WebP, BMP, GIF or TIFF)",
+                        }
+                    },
+                },
+                "encoding": {FIELD: {"contentType": "image/*"}},
+            }
+        },
+    }
+}
+
+RESPONSES: dict[int | str, dict] = {
+    400: {"model": ErrorBody, "description": "no image in the field 'file', an empty file, a bad body"},
+    413: {"model": ErrorBody, "description": "body over the size limit, or an image with too many pixels"},
+    415: {"model": ErrorBody, "description": "not multipart, or a file that is not an image graft takes"},
+    422: {"model": ErrorBody, "description": "an image that does not decode, or a bad top_k"},
+}
