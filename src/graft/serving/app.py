@@ -307,7 +307,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ClientDisconnect)
     async def gone(request: Request, _: ClientDisconnect) -> Response:
         # Nobody is left to answer; one line in the log instead of a traceback.
-        log.warning("graft serve: %s %s: the client disconnected mid-request", request.method, request.url.path)
+        what = f"{request.method} {request.url.path}"
+        log.warning("graft serve: %s: the client disconnected mid-request", what)
         return Response(status_code=499)
 
 
