@@ -6,6 +6,8 @@ import csv
 import io
 from pathlib import Path
 
+from graft.data._audit import Unlisted, audit_entries
+from graft.data._scan import Scan, lost_reason
 from graft.data.images import IMAGE_EXTENSIONS, list_images
 from graft.errors import GraftError
 
@@ -128,12 +130,74 @@ def match_ids(ids: list[str], folder: Path) -> dict[str, Path]:
     return found
 
 
-def find_image_folder(ids: list[str], root: Path) -> tuple[Path, dict[str, Path]]:
-    """The folder (root or one direct subfolder) whose images match the most ids, and its matches."""
-    candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))]
+def find_image_folder(
+    ids: list[str], root: Path, unreadable: list[tuple[Path, str]] | None = None
+) -> tuple[Path, dict[str, Path]]:
+    """The folder (root or one direct subfolder) whose images match the most ids, and its matches.
+
+    Args:
+        ids: The labels file's ids.
+        root: The dataset folder.
+        unreadable: When given, gets (folder, reason) for each candidate folder that cannot be read.
+    """
+    try:
+        subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as e:
+        raise GraftError(f"cannot read folder {root}: {e.strerror or e}") from None
     best: tuple[Path, dict[str, Path]] = (root, {})
-    for folder in candidates:
-        found = match_ids(ids, folder)
+    for folder in [root, *subs]:
+        try:
+            found = match_ids(ids, folder)
+        except OSError as e:
+            if unreadable is not None:
+                unreadable.append((folder, e.strerror or type(e).__name__))
+            continue
         if len(found) > len(best[1]):  # strict: ties keep the earlier candidate (root first)
             best = (folder, found)
     return best
+
+
+def locate_images(
+    ids: list[str], root: Path, images: Path | None, scan: Scan
+) -> tuple[Path, dict[str, Path]]:
+    """The images folder (``images``, or the best match under ``root``) and id -> file in it.
+
+    Folders that cannot be read, and symlinks in the images folder that lead nowhere, are warned
+    about and counted in ``scan``. An explicit ``images`` folder that cannot be read is a GraftError.
+    """
+    found = Unlisted()
+    if images is None:
+        folder, matches = find_image_folder(ids, root, found.unreadable)
+    else:
+        try:
+            folder, matches = images, match_ids(ids, images)
+        except OSError as e:
+            raise GraftError(f"cannot read images folder {images}: {e.strerror or e}") from None
+    audit_entries(folder, found)
+    scan.add_unlisted(found)
+    return folder, matches
+
+
+def group_labeled(found: dict[str, Path], mapping: dict[str, str], scan: Scan) -> tuple[dict, dict]:
+    """Label -> its usable files, and label -> why it has none when every file of it was skipped.
+
+    Args:
+        found: id -> matched file.
+        mapping: id -> label.
+        scan: Checks the files (warning about each bad one) and records the skips.
+    """
+    skipped = len(scan.skipped)
+    good = set(scan.good(sorted(set(found.values()))))
+    bad = dict(scan.skipped[skipped:])
+    groups: dict[str, list[Path]] = {}
+    for key, path in found.items():
+        if path in good:  # `good` loses each path once used: ids "a" and "a.jpg" must not both take a.jpg
+            good.discard(path)
+            groups.setdefault(mapping[key], []).append(path)
+    lost = {}
+    for label in sorted({mapping[k] for k in found} - groups.keys()):
+        files = sorted({p for k, p in found.items() if mapping[k] == label and p in bad})
+        why = lost_reason(Path(), [(p, bad[p]) for p in files], Unlisted())
+        if why:
+            lost[repr(label)] = why
+    return groups, lost

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from graft.data._csv import find_image_folder, match_ids, read_labels_csv
+from graft.data._csv import group_labeled, locate_images, match_ids, read_labels_csv
 from graft.data._scan import (
     VAL_NAMES,
     Scan,
@@ -40,7 +41,9 @@ def _labeled(groups: dict[str, list[Path]], classes: list[str], where: Path) -> 
     index = {c: i for i, c in enumerate(classes)}
     for c, imgs in groups.items():
         if imgs and c not in index:
-            raise GraftError(f"class folder {c!r} in {where} is not a class in train/ ({preview(classes)})")
+            near = [k for k in classes if k.casefold() == c.casefold()]  # Cat/ in train, cat/ in val
+            hint = f"; it differs only in case from {near[0]!r}" if near else f" ({preview(classes)})"
+            raise GraftError(f"class folder {c!r} in {where} is not a class in train/{hint}")
     return sorted((Sample(p, index[c]) for c, imgs in groups.items() for p in imgs), key=lambda s: s.path)
 
 
@@ -60,7 +63,8 @@ def _split_groups(
         elif frac > 0 and absent:
             ones = sum(len(groups[c]) == 1 for c in absent)
             scan.notes.append(
-                f"{len(absent)} classes have too few images for the {name} split and have none there"
+                f"{plural(len(absent), 'class has', 'classes have')} too few images for the {name} split"
+                f" and {'has' if len(absent) == 1 else 'have'} none there"
                 f" ({ones} have a single image: kept in train only; e.g. {', '.join(absent[:3])})"
             )
     return {
@@ -79,6 +83,7 @@ def _load_folders(base: Path, valid_split: float, test_split: float, seed: int, 
     assert train_dir is not None
     train = scan.class_folders(train_dir)
     classes = classes_from(train, train_dir, scan)
+    scan.loose(train_dir)
     val_dir = child(base, *VAL_NAMES)
     test_dir = child(base, "test")
     others = [f"{d.name}/" for d in subdirs(base) if d not in (train_dir, val_dir, test_dir)]
@@ -97,14 +102,16 @@ def _load_folders(base: Path, valid_split: float, test_split: float, seed: int, 
         if not val:
             raise GraftError(f"{val_dir} has no class folders: expected the same class folders as train/")
         splits["val"] = _labeled(val, classes, val_dir)
+        scan.split_dirs["val"] = val_dir
+        scan.loose(val_dir)
     if test_dir is not None:
         if test_split > 0:
             scan.notes.append(f"test_split ignored: {test_dir.name}/ is used as the test split")
         test = scan.class_folders(test_dir)
-        if any(test.values()):
+        if any(test.values()) or any(d.parent == test_dir for d in scan.lost):  # lost: warned below
             splits["test"] = _labeled(test, classes, test_dir)
-            if list_images(test_dir):
-                scan.notes.append(f"images directly in {test_dir.name}/ (outside class folders) ignored")
+            scan.split_dirs["test"] = test_dir
+            scan.loose(test_dir)
         elif list_images(test_dir):
             splits["test"] = _unlabeled(test_dir, scan)
         else:
@@ -116,10 +123,7 @@ def _load_split(base: Path, valid_split: float, test_split: float, seed: int, sc
     """``<class>/*`` split by fractions."""
     groups = scan.class_folders(base)
     classes = classes_from(groups, base, scan)
-    if list_images(base):
-        scan.notes.append(
-            f"{len(list_images(base))} images directly in {base} (outside class folders) ignored"
-        )
+    scan.loose(base)
     fractions = {"val": valid_split} | ({"test": test_split} if test_split > 0 else {})
     return classes, _split_groups(groups, classes, fractions, seed, scan)
 
@@ -137,10 +141,7 @@ def _load_csv(
     mapping, id_header, csv_notes = read_labels_csv(labels)
     scan.notes.extend(csv_notes)
     ids = list(mapping)
-    if images is None:
-        folder, found = find_image_folder(ids, root)
-    else:
-        folder, found = images, match_ids(ids, images)
+    folder, found = locate_images(ids, root, images, scan)
     if not found:
         where = folder if images is not None else f"{root} or its subfolders"
         raise GraftError(f"no id in {labels.name} matches an image in {where} (first id: {ids[0]!r})")
@@ -159,13 +160,8 @@ def _load_csv(
         scan.notes.append(
             f"{plural(unlisted, 'image')} in {folder.name}/ {have} no labeled row in {labels.name}; ignored"
         )
-    good = set(scan.good(sorted(set(found.values()))))
-    groups: dict[str, list[Path]] = {}
-    for key, path in found.items():
-        if path in good:  # `good` loses each path once used: ids "a" and "a.jpg" must not both take a.jpg
-            good.discard(path)
-            groups.setdefault(mapping[key], []).append(path)
-    classes = classes_from(groups, folder, scan)
+    groups, lost = group_labeled(found, mapping, scan)
+    classes = classes_from(groups, folder, scan, lost)
     fractions = {"val": valid_split} | ({"test": test_split} if test_split > 0 else {})
     splits = _split_groups(groups, classes, fractions, seed, scan)
     test_dir = child(root, "test")
@@ -193,7 +189,8 @@ class ImageData:
         skipped: (path, reason) for every image file that was skipped (undecodable, truncated,
             empty, ...); each was also warned about as a :class:`~graft.errors.SkippedFileWarning`.
         notes: Human-readable remarks made while loading (e.g. small classes kept in train, hidden
-            files ignored, byte-identical images across splits).
+            files, unreadable folders and files beside the class folders ignored, classes with no
+            val images, extreme imbalance, byte-identical images across splits).
     """
 
     root: Path
@@ -264,6 +261,7 @@ class ImageData:
                 classes, splits = _load_split(base, valid_split, test_split, seed, scan)
         splits.setdefault("val", [])
         ordered = {k: splits[k] for k in ("train", "val", "test") if k in splits}
+        scan.check_splits(classes, ordered)
         scan.finish({k: [s.path for s in v if s.label is not None] for k, v in ordered.items()})
         return cls(root, layout, classes, ordered, scan.skipped, scan.notes)
 
@@ -389,4 +387,6 @@ def load_class_folder(folder: str | Path, classes: list[str]) -> tuple[list[Samp
     samples = sorted((Sample(p, index[c]) for c, imgs in groups.items() for p in imgs), key=lambda s: s.path)
     if not samples:
         raise GraftError(f"no images found in the class folders of {folder}")
+    for d, why in scan.lost.items():  # e.g. every image of the class undecodable: scores leave it out
+        warnings.warn(f"class {d.name!r} has no usable images in {d}: {why}", UserWarning, stacklevel=2)
     return samples, scan.skipped
