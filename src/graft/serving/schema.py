@@ -51,6 +51,7 @@ REQUEST_BODY = {
                     "properties": {
                         FIELD: {
                             "type": "array",
+                            "minItems": 1,
                             "items": {"type": "string", "format": "binary"},
                             "description": "the images (JPEG, PNG, WebP, BMP, GIF or TIFF)",
                         }
