@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from graft.data._scan import plural
 from graft.errors import GraftError
 
 
@@ -19,11 +20,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise GraftError(f"{args.run} does not record its data folder; pass DATA")
     t0 = time.perf_counter()
     interp = learn.interpret(data, args.split, tta=tta_from_args(args))
+    if not len(interp.paths):  # every image failed to decode: a report of nothing says nothing
+        raise GraftError(
+            f"none of the {interp.skipped:,} images of {interp.source} could be decoded: no report"
+        )
     path = write_report(learn, interp, args.out or args.run, top_losses=args.top_losses, samples=args.samples)
     result = interp.result
     print(
         f"evaluated {interp.source}: accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  "
-        f"({result.n} images)"
+        f"({plural(result.n, 'image')})"
     )
     print(f"wrote {path} and its PNGs ({time.perf_counter() - t0:.1f} s)")
     return 0

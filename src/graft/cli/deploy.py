@@ -7,6 +7,7 @@ import argparse
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from graft.data._scan import plural
     from graft.export.exporters import PARITY_TOLERANCE, export
     from graft.training.learner import load_learner
 
@@ -16,7 +17,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     size = report.path.stat().st_size / 1e6
     print(f"wrote {report.path} ({size:.1f} MB, {report.format})")
     print(
-        f"parity with PyTorch on {report.images} images: largest probability difference "
+        f"parity with PyTorch on {plural(report.images, 'image')}: largest probability difference "
         f"{report.max_diff:.2e} (limit {PARITY_TOLERANCE:g}); same top-1 on {report.agree}/{report.images}"
         f"  ({report.seconds:.1f} s)"
     )

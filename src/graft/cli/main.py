@@ -197,6 +197,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.batch_size:
         learn.config.batch_size = args.batch_size
     result = learn.evaluate(args.data, split=args.split, tta=tta_from_args(args))
+    if result.n == 0:  # every image failed to decode: there is no accuracy to print
+        raise GraftError(
+            f"none of the {result.skipped:,} images in {args.data} could be decoded: nothing to evaluate"
+        )
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
@@ -395,6 +399,21 @@ def main(argv: list[str] | None = None) -> int:
         # so the interpreter's final flush does not raise again (Python docs, "SIGPIPE").
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # what the commands did not word themselves: still one line, exit 2
+        print(f"graft: error: {_os_error_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError as e:
+        print(f"graft: error: out of memory{f' ({e})' if str(e) else ''}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _os_error_line(e: OSError) -> str:
+    """``strerror: filename`` (``-> filename2`` for a rename), or the message of an OSError that
+    has no errno."""
+    if not e.strerror:
+        return str(e) or type(e).__name__
+    names = [str(n) for n in (e.filename, e.filename2) if n is not None]
+    return e.strerror + (f": {' -> '.join(names)}" if names else "")
 
 
 def run() -> None:

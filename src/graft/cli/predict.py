@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from graft.data._scan import plural
 from graft.errors import GraftError
 
 if TYPE_CHECKING:
     import numpy as np
 
     from graft.evaluation.predictions import Prediction
+    from graft.evaluation.stream import StreamResult
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -76,6 +79,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         tta=tta,
         on_chunk=on_chunk if args.submission or show else None,
     )
+    _check_something_predicted(result, args.csv)
     if args.csv:
         notes = [f"{result.resumed} already there"] if args.resume else []
         if shard:
@@ -98,6 +102,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         shape = f"{len(sub.columns)} columns" + (f" from {sample.path.name}" if sample else "")
         print(f"wrote a {sub.format} submission of {sub.rows} rows, {shape}, to {args.submission}")
     return 0
+
+
+def _check_something_predicted(result: StreamResult, csv: str | None) -> None:
+    """Exit 2 with the reason when every image failed to decode (the per-file warnings may have
+    been cut short); when only some did, say how many on stderr, the predictions on stdout."""
+    if result.undecodable and not result.written and not result.resumed:
+        where = f" ({csv} holds only its header)" if csv else ""
+        given = plural(result.undecodable, "image")
+        raise GraftError(f"{given} given, none could be decoded: nothing was predicted{where}")
+    if result.undecodable and not csv:  # with --csv, the summary line counts them
+        print(f"graft: note: skipped {plural(result.undecodable, 'undecodable file')}", file=sys.stderr)
 
 
 def cmd_merge_predictions(args: argparse.Namespace) -> int:

@@ -14,8 +14,10 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from graft.data._scan import plural
 from graft.errors import GraftError
 from graft.evaluation.interpret import Interpretation
+from graft.evaluation.stream import cannot_write
 from graft.fileio import atomic_write_text
 
 if TYPE_CHECKING:
@@ -95,7 +97,7 @@ def write_report(
     Returns:
         The path of ``report.html``.
     """
-    from graft.evaluation.plots import plot_history, save_png
+    from graft.evaluation.plots import plot_history
 
     if top_losses < 1 or samples < 1:
         raise GraftError("the report needs at least 1 top-loss image and 1 sample image")
@@ -110,13 +112,10 @@ def write_report(
         "top_losses": interp.plot_top_losses(top_losses) if len(interp.paths) else None,
         "predictions": interp.plot_predictions(samples) if len(interp.paths) else None,
     }
-    pngs = {name: save_png(fig, out / f"{name}.png") for name, fig in figures.items() if fig is not None}
-    finder = getattr(learn, "lr_finder", None)  # set when this session trained with lr "auto"
-    if finder is not None:
-        pngs["lr_find"] = save_png(finder.plot(), out / "lr_find.png")
-        atomic_write_text(out / "lr_find.csv", finder.to_csv())
-    elif (out / "lr_find.png").is_file():
-        pngs["lr_find"] = (out / "lr_find.png").read_bytes()
+    try:  # a read-only folder or a full disk is one line, not a traceback from the middle
+        pngs = _write_pngs(learn, figures, out)
+    except OSError as e:
+        raise cannot_write(out, e, "the report was not written") from None
     parts = [
         _summary(learn, interp),
         _curves(learn, pngs),
@@ -138,8 +137,26 @@ def write_report(
         + "</body></html>\n"
     )
     path = out / REPORT_FILE
-    atomic_write_text(path, page)
+    try:
+        atomic_write_text(path, page)
+    except OSError as e:
+        raise cannot_write(path, e) from None
     return path
+
+
+def _write_pngs(learn: Learner, figures: dict, out: Path) -> dict[str, bytes]:
+    """Save the figures (and the lr-find plot and CSV of a run trained with lr "auto") as PNGs in
+    ``out``; returns each PNG's bytes, for embedding, by name."""
+    from graft.evaluation.plots import save_png
+
+    pngs = {name: save_png(fig, out / f"{name}.png") for name, fig in figures.items() if fig is not None}
+    finder = getattr(learn, "lr_finder", None)  # set when this session trained with lr "auto"
+    if finder is not None:
+        pngs["lr_find"] = save_png(finder.plot(), out / "lr_find.png")
+        atomic_write_text(out / "lr_find.csv", finder.to_csv())
+    elif (out / "lr_find.png").is_file():
+        pngs["lr_find"] = (out / "lr_find.png").read_bytes()
+    return pngs
 
 
 def _section(key: str, title: str, body: str) -> str:
@@ -173,7 +190,7 @@ def _summary(learn: Learner, interp: Interpretation) -> str:
         ],
         [
             "evaluated on",
-            f"{interp.source}: {result.n} images"
+            f"{interp.source}: {plural(result.n, 'image')}"
             + (f", {interp.skipped} skipped (undecodable)" if interp.skipped else "")
             + (f", test-time augmentation ({interp.tta} views)" if interp.tta else ""),
         ],
@@ -197,7 +214,8 @@ def _split_counts(learn: Learner) -> str:
     names = list(splits)
     rows = [[c, *(counts[n][c] for n in names)] for c in learn.classes[:MAX_TABLE_CLASSES]]
     if len(learn.classes) > MAX_TABLE_CLASSES:
-        rows.append([f"… {len(learn.classes) - MAX_TABLE_CLASSES} more classes", *([""] * len(names))])
+        more = plural(len(learn.classes) - MAX_TABLE_CLASSES, "more class", "more classes")
+        rows.append([f"… {more}", *([""] * len(names))])
     rows.append(["total", *(len(splits[n]) for n in names)])
     return "<h3>Images per split</h3>" + _table(["class", *names], rows, "split-counts")
 
@@ -264,7 +282,7 @@ def _per_class(interp: Interpretation) -> str:
         [r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", r["support"]]
         for r in result.per_class
     ]
-    body = f"<p>accuracy {_fmt(result.accuracy)}, loss {_fmt(result.loss)}, {result.n} images</p>"
+    body = f"<p>accuracy {_fmt(result.accuracy)}, loss {_fmt(result.loss)}, {plural(result.n, 'image')}</p>"
     body += _table(["class", "precision", "recall", "F1", "support"], rows, "per-class-table")
     return _section("per-class", SECTIONS["per-class"], body)
 

@@ -10,6 +10,7 @@ CSV one unsharded run writes. Nothing here imports torch: it serves
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -58,6 +59,19 @@ class StreamResult:
     undecodable: int
     """Files that could not be decoded (warned about, no row)."""
     seconds: float
+
+
+def cannot_write(path: str | Path, error: OSError, saved: str = "") -> GraftError:
+    """The one-line error for an OSError met writing ``path`` (a read-only file system, a full
+    disk, a file where a folder should be): what the system said, the path it named when that is
+    another one, and ``saved``, a note on what was kept."""
+    reason = error.strerror or str(error) or type(error).__name__
+    blocker = next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)
+    if isinstance(error, FileExistsError | NotADirectoryError) and blocker is not None:
+        reason = f"{blocker} is a file, not a folder"
+    elif error.filename and str(error.filename) != str(path):
+        reason += f" ({error.filename})"
+    return GraftError(f"cannot write {path}: {reason}" + (f"; {saved}" if saved else ""))
 
 
 def csv_header(classes: Sequence[str], k: int) -> list[str]:
@@ -148,15 +162,14 @@ def predict_to_csv(
             preds = top_k_predictions(probs, kept, model.classes, top_k)
             undecodable += len(chunk) - len(kept)
             if out is not None:
-                out.write(_rows_text(preds))
-                out.flush()
-                os.fsync(out.fileno())
+                _append(out, Path(csv_path), _rows_text(preds), written + len(done))
             written += len(preds)
             if on_chunk is not None:
                 on_chunk(preds, probs)
     finally:
         if out is not None:
-            out.close()
+            with contextlib.suppress(OSError):  # every row was flushed; a failed flush already said so
+                out.close()
     return StreamResult(
         written=written,
         resumed=len(done),
@@ -207,19 +220,44 @@ def merge_prediction_csvs(parts: Sequence[str | Path], out: str | Path) -> int:
             rows.append(row)
     rows.sort(key=lambda row: Path(row[0]))
     text = _rows_text([], header=header, rows=rows)
-    atomic_write(out, lambda tmp: tmp.write_text(text, **_ENCODING))
+    try:
+        atomic_write(out, lambda tmp: tmp.write_text(text, **_ENCODING))
+    except OSError as e:
+        raise cannot_write(out, e) from None
     return len(rows)
 
 
 def _open_csv(path: Path, header: list[str], append: bool) -> io.TextIOWrapper:
-    """The CSV opened for appending rows: its header written unless it continues a file that has one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "a" if append else "w", newline="", **_ENCODING)  # noqa: SIM115 (closed by the caller)
+    """The CSV opened for appending rows: its header written unless it continues a file that has one.
+
+    Raises:
+        GraftError: If it cannot be written (read-only file system, no such folder, disk full).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a" if append else "w", newline="", **_ENCODING)  # noqa: SIM115 (closed by the caller)
+    except OSError as e:
+        raise cannot_write(path, e) from None
     if f.tell() == 0:
-        f.write(_rows_text([], header=header))
+        try:
+            _append(f, path, _rows_text([], header=header), 0)
+        except GraftError:
+            with contextlib.suppress(OSError):
+                f.close()
+            raise
+    return f
+
+
+def _append(f: io.TextIOWrapper, path: Path, text: str, saved: int) -> None:
+    """Write, flush and fsync ``text``; an OSError (a full disk) becomes a GraftError that says how
+    many rows the CSV keeps (``saved``) and that ``--resume`` goes on from them."""
+    try:
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    return f
+    except OSError as e:
+        kept = f"it keeps {saved} predictions: graft predict --resume continues it" if saved else ""
+        raise cannot_write(path, e, kept) from None
 
 
 def _resume_from(path: Path, header: list[str], shard: tuple[int, int] | None) -> set[str]:

@@ -119,7 +119,8 @@ def write_submission(
     probs = np.asarray(probs)
     if probs.ndim != 2 or probs.shape != (len(paths), len(classes)):
         raise GraftError(
-            f"probabilities of shape {probs.shape} do not fit {len(paths)} images x {len(classes)} classes"
+            f"probabilities of shape {probs.shape} do not fit {plural(len(paths), 'image')} x "
+            f"{plural(len(classes), 'class', 'classes')}"
         )
     if isinstance(sample, str | Path):
         sample = read_sample_submission(sample)

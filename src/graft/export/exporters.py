@@ -17,11 +17,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from graft.data._scan import plural
 from graft.data.dataset import Sample
 from graft.data.selection import eval_samples, expand_paths
 from graft.errors import GraftError
 from graft.evaluation.inference import predict_probs
+from graft.evaluation.stream import cannot_write
 from graft.export.onnx_runtime import META_KEY
+from graft.fileio import default_mode
 
 if TYPE_CHECKING:
     from graft.training.learner import Learner
@@ -91,14 +94,11 @@ def export(
             raise GraftError("export needs an output file (out=...)")
         out = Path(learn.config.out) / f"model{FORMATS[fmt]}"
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     samples = _check_samples(learn, check)
     model = copy.deepcopy(learn.model).to("cpu", memory_format=torch.contiguous_format).float().eval()
     meta = json.dumps(contract(learn))
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _temp_beside(out)  # before the slow part: an unwritable --out fails at once
     try:
         size = learn.preprocessing.input_size
         example = torch.randn(2, 3, size, size)
@@ -118,12 +118,31 @@ def export(
         if diff > PARITY_TOLERANCE:
             raise GraftError(
                 f"the {fmt} export disagrees with the PyTorch model: largest probability difference "
-                f"{diff:.2e} > {PARITY_TOLERANCE:g} over {len(kept)} images; nothing was written"
+                f"{diff:.2e} > {PARITY_TOLERANCE:g} over {plural(len(kept), 'image')}; nothing was written"
             )
+        # mkstemp made the file private (0600): give it the mode any new file gets.
+        os.chmod(tmp, default_mode(0o666))
         os.replace(tmp, out)
+    except OSError as e:  # a full disk, or the folder made read-only meanwhile
+        raise cannot_write(out, e) from None
     finally:
         tmp.unlink(missing_ok=True)
     return ExportReport(out, fmt, diff, len(kept), agree, time.perf_counter() - t0)
+
+
+def _temp_beside(out: Path) -> Path:
+    """An empty temporary file in ``out``'s folder (made if need be), to be renamed to ``out``.
+
+    Raises:
+        GraftError: If the folder cannot be made or written (read-only, a file in the way...).
+    """
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as e:
+        raise cannot_write(out, e) from None
+    os.close(fd)
+    return Path(name)
 
 
 def _check_samples(learn: Learner, check: Sequence[str | Path] | None) -> list[Sample]:
