@@ -2,24 +2,36 @@
 
 The preprocessing contract (input size, resize, interpolation, mean, std) and the class names
 travel inside the ONNX file's metadata (key ``graft``), written by :func:`graft.export.exporters.export`.
+An ONNX file is shared like a run folder, so every field read from it is checked (type, range,
+agreement with the graph's input and output shapes) before anything is allocated from it.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from graft import checks
+from graft.data._scan import plural
 from graft.data.images import load_image
 from graft.data.resize import resize_center_crop
 from graft.data.selection import expand_paths
 from graft.errors import GraftError
 
 META_KEY = "graft"
+# The metadata format this version writes and reads (``format`` in the metadata).
+META_FORMAT = 1
+# The bounds of graft.json's ``preprocessing`` (graft.data.transforms.Preprocessing.from_dict),
+# repeated here because that module imports torch and this one must not; a test checks that
+# both refuse and accept the same values.
+_PRE_FIELDS = ("input_size", "mean", "std", "interpolation", "crop_pct")
+_INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
 
 class OnnxClassifier:
@@ -30,7 +42,8 @@ class OnnxClassifier:
         providers: onnxruntime execution providers (default: CUDA when available, else CPU).
 
     Raises:
-        GraftError: If the file is not an ONNX model written by graft.
+        GraftError: If the file is not an ONNX model written by graft, or its metadata is
+            malformed, out of range or disagrees with the graph (one line, naming the field).
     """
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None) -> None:
@@ -46,20 +59,19 @@ class OnnxClassifier:
             self.session = ort.InferenceSession(str(path), providers=list(providers))
         except Exception as e:  # onnxruntime raises its own types for a file that is not ONNX
             raise GraftError(f"{path} is not a readable ONNX model: {str(e).splitlines()[0]}") from None
-        meta = self.session.get_modelmeta().custom_metadata_map.get(META_KEY)
-        if meta is None:
+        text = self.session.get_modelmeta().custom_metadata_map.get(META_KEY)
+        if text is None:
             raise GraftError(f"{path} has no graft metadata (export it with graft export)")
         try:
-            self.meta = json.loads(meta)
-            pre = self.meta["preprocessing"]
-            self.classes: list[str] = list(self.meta["classes"])
-            self.input_size = int(pre["input_size"])
-            self.resize_size = round(self.input_size / float(pre["crop_pct"]))
-            self.interpolation = str(pre["interpolation"])
-            self.mean = np.array(pre["mean"], dtype=np.float32).reshape(3, 1, 1)
-            self.std = np.array(pre["std"], dtype=np.float32).reshape(3, 1, 1)
-        except (ValueError, KeyError, TypeError) as e:
-            raise GraftError(f"{path}: malformed graft metadata ({e})") from None
+            self.meta, pre = _checked_meta(text, self.session)
+        except GraftError as e:
+            raise GraftError(f"{path}: graft metadata: {e}") from None
+        self.classes: list[str] = list(self.meta["classes"])
+        self.input_size = int(pre["input_size"])
+        self.resize_size = round(self.input_size / pre["crop_pct"])
+        self.interpolation = str(pre["interpolation"])
+        self.mean = np.array(pre["mean"], dtype=np.float32).reshape(3, 1, 1)
+        self.std = np.array(pre["std"], dtype=np.float32).reshape(3, 1, 1)
         self.input_name = self.session.get_inputs()[0].name
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
@@ -112,3 +124,70 @@ class OnnxClassifier:
         flush()
         probs = np.concatenate(rows) if rows else np.zeros((0, len(self.classes)))
         return kept, probs
+
+
+def _checked_meta(text: str, session: Any) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    """The metadata, with its classes and preprocessing checked field by field and against the graph.
+
+    Raises:
+        GraftError: Naming the field (the caller prefixes the file).
+    """
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as e:  # RecursionError: a deeply nested document
+        raise GraftError(f"not valid JSON ({type(e).__name__})") from None
+    meta = checks.record(meta, "metadata")
+    for key in ("format", "classes", "preprocessing"):
+        if key not in meta:
+            raise GraftError(f"{key} is missing")
+    checks.integer(meta, "format", META_FORMAT, META_FORMAT, "metadata")
+    pre = _checked_preprocessing(meta["preprocessing"])
+    width = _output_width(session)
+    classes = checks.texts(meta, "classes", "metadata", max_items=width, unique=True)
+    if len(classes) != width:
+        raise GraftError(f"classes lists {plural(len(classes), 'name')} for a model with {width} outputs")
+    _check_input(session, pre["input_size"])
+    return meta, pre
+
+
+def _checked_preprocessing(value: object) -> dict[str, Any]:
+    """The ``preprocessing`` record with the bounds of a run file's (see :data:`_PRE_FIELDS`)."""
+    where = "preprocessing"
+    d = checks.record(value, where)
+    checks.only_keys(d, _PRE_FIELDS, where)
+    return {
+        "input_size": checks.integer(d, "input_size", 8, 4096, where),
+        "mean": checks.numbers(d, "mean", 3, -1e3, 1e3, where),
+        "std": checks.numbers(d, "std", 3, 1e-6, 1e3, where),
+        "interpolation": checks.choice(d, "interpolation", _INTERPOLATIONS, where),
+        "crop_pct": checks.number(d, "crop_pct", 0.05, 1.0, where, open_lo=True),
+    }
+
+
+def _output_width(session: Any) -> int:
+    """The class count of the graph's first output, which must be ``(batch, classes)`` with at
+    least two classes (graft trains no one-class model: its softmax would always say 1.0)."""
+    outputs = session.get_outputs()
+    shape = list(outputs[0].shape) if outputs else []
+    if len(shape) != 2 or not isinstance(shape[1], int) or shape[1] < 1:
+        raise GraftError(f"the model's output has shape {shape}, not (batch, classes)")
+    if shape[1] < 2:
+        raise GraftError("the model has 1 output: a classifier needs at least two classes")
+    return shape[1]
+
+
+def _check_input(session: Any, size: int) -> None:
+    """One float32 ``(batch, 3, H, W)`` input, whose H and W (where the graph fixes them) are
+    ``size``: metadata that asks for another size would only fail in the first forward pass."""
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4:
+        found = ", ".join(f"{i.name} {i.type} {list(i.shape)}" for i in inputs)
+        raise GraftError(f"the model's inputs are [{found}], not one float image (batch, 3, H, W)")
+    _, channels, *sides = inputs[0].shape
+    if isinstance(channels, int) and channels != 3:
+        raise GraftError(f"the model's input has {channels} channels, not 3 (RGB)")
+    fixed = [s for s in sides if isinstance(s, int)]
+    if any(s != size for s in fixed):
+        raise GraftError(
+            f"preprocessing.input_size is {size}, but the model's input is {'x'.join(map(str, sides))}"
+        )
