@@ -160,6 +160,10 @@ def test_serve_refuses_a_bad_or_busy_port_before_saying_it_serves(run, capsys):
     assert captured.err.count("\n") == 1 and "serving" not in captured.out
     assert main(["serve", str(run[1]), "--max-batch", "0"]) == 2
     assert "max_batch must be from 1" in capsys.readouterr().err
+    assert main(["serve", str(run[1]), "--max-request-mpx", "0.5"]) == 2
+    assert "max_request_mpx must be from 1" in capsys.readouterr().err
+    assert main(["serve", str(run[1]), "--max-files", "0"]) == 2
+    assert "max_files must be from 1" in capsys.readouterr().err
 
 
 def test_an_image_in_another_field_is_not_taken_for_one(client, run):

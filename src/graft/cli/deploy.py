@@ -36,7 +36,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         max_upload_mb=args.max_upload_mb,
+        max_files=args.max_files,
         max_batch=args.max_batch,
+        max_request_mpx=args.max_request_mpx,
     )
     return 0
 
@@ -62,6 +64,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default: 20)")
+    p.add_argument("--max-files", type=int, default=32, help="most images in one request (default: 32)")
+    p.add_argument(
+        "--max-request-mpx",
+        type=float,
+        default=2000.0,
+        help="most pixels in one request, in millions, as the images' headers state them (default: 2000)",
+    )
     p.add_argument(
         "--max-batch", type=int, default=16, help="most images per forward pass across requests (default: 16)"
     )

@@ -81,7 +81,10 @@ def predict_probs(
             desc="predict",
         )
         n, v, dim = feats.vectors.shape
-        logits = _mean_over_views(head_logits(head, feats.vectors.reshape(n * v, dim), device), v)
+        if n == 0:  # nothing decoded: the head cannot take an empty matrix; the caller says why
+            logits = torch.zeros(0, 0)
+        else:
+            logits = _mean_over_views(head_logits(head, feats.vectors.reshape(n * v, dim), device), v)
         indices, failed = feats.index, feats.failed
     else:
         per_batch = max(1, batch_size // len(views))

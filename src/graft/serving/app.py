@@ -11,6 +11,7 @@ allowed format (415), one that does not decode, e.g. a truncated JPEG (422), or 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import html
 import io
 import logging
@@ -139,8 +140,8 @@ def decode(data: bytes, name: str, transform: Callable[[Image.Image], torch.Tens
 
 
 # Pixels decoded at once across all requests (see PixelBudget): one image at Pillow's hard limit
-# (2 x MAX_IMAGE_PIXELS, 179 Mpx), or many smaller ones. At most 4 bytes a pixel as decoded (RGBA,
-# 32-bit grey; RGB is 3) and a few Mpx for conversions: about 720 MB in the worst case.
+# (2 x MAX_IMAGE_PIXELS, 179 Mpx), or many smaller ones. Pillow holds at most 4 bytes a pixel
+# (RGB and RGBA alike), plus a few Mpx for conversions: about 720 MB in the worst case.
 DECODE_BUDGET_PIXELS = 180_000_000
 
 log = logging.getLogger("graft.serve")
@@ -338,6 +339,25 @@ def check_listen(host: str, port: int) -> None:
         raise GraftError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
+def _give_back_freed_images() -> None:
+    """Have glibc return every allocation of 4 MB or more to the system when freed.
+
+    Pillow holds a decoded image in 16 MB blocks. glibc raises its mmap threshold past that size
+    after the first such free, so later blocks come from per-thread arenas that keep the memory:
+    a server whose decode threads took turns would grow by one large image per thread. A fixed
+    threshold keeps big blocks mmapped and gives them back. Only in the ``graft serve`` process.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 4 << 20)
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): nothing to tune
+        pass
+
+
+# mallopt's parameter number for the mmap threshold (glibc's malloc.h).
+M_MMAP_THRESHOLD = -3
+
+
 def serve(
     run_dir: str | Path,
     host: str = "127.0.0.1",
@@ -355,6 +375,7 @@ def serve(
     """
     import uvicorn
 
+    _give_back_freed_images()
     check_listen(host, port)
     app = create_app(run_dir, **kwargs)
     if on_ready is not None:
