@@ -4,9 +4,40 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+# What atomic_write (and every writer like it) names its temporary file: ".NAME." + mkstemp's
+# 8 random characters + ".tmp". A kill -9 mid-write leaves one behind; nothing else is named so.
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def is_temp_file(name: str) -> bool:
+    """Whether ``name`` is that of a temporary file left by an interrupted atomic write."""
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
+def temp_file(path: Path) -> Path:
+    """A new empty temporary file beside ``path``, named as :func:`is_temp_file` recognises."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def remove_temp_files(folder: str | Path) -> int:
+    """Delete the temporary files that killed writers left in ``folder``; returns how many.
+
+    Raises:
+        OSError: If one cannot be deleted.
+    """
+    removed = 0
+    for entry in Path(folder).iterdir():
+        if is_temp_file(entry.name) and (entry.is_file() or entry.is_symlink()):
+            entry.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def default_mode(base: int) -> int:
@@ -17,20 +48,27 @@ def default_mode(base: int) -> int:
     return base & ~umask
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+def atomic_write(
+    path: str | Path, write: Callable[[Path], None], before_replace: Callable[[], None] | None = None
+) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place.
 
     The rename is atomic on POSIX and Windows, so readers see the old file or the new one,
-    never a partial one.
+    never a partial one. The temporary file is deleted whatever goes wrong; only a kill -9 can
+    leave it behind (:func:`remove_temp_files` finds it by its name).
+
+    Args:
+        path: The file to write.
+        write: Writes the whole content to the path it is given.
+        before_replace: Called once the content is safely on disk, just before the rename (e.g. to
+            retract a file that vouches for the old content); not called if the write fails.
 
     Raises:
         OSError: If the file cannot be written (e.g. a full disk); the old file is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temp_file(path)
     try:
         try:
             write(tmp)
@@ -44,6 +82,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         os.chmod(tmp, default_mode(0o666))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

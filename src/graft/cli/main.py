@@ -7,11 +7,9 @@ becomes one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -37,156 +35,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
                 print(f"graft: warning: {more}", file=sys.stderr)
             return
     print(f"graft: warning: {message}", file=sys.stderr)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from graft.cli.config_args import config_from_args
-    from graft.training import distributed
-    from graft.training.checkpoint import CHECKPOINT_FILE, remove_checkpoint
-    from graft.training.learner import Learner, resume_learner
-
-    if args.resume:
-        _check_resume_args(args)
-        out = Path(args.resume)
-        if (out / "graft.json").exists():
-            raise GraftError(f"{out} holds a finished run: there is nothing to resume")
-        raw = None
-        ranks = distributed.init_from_env(args.device)
-    else:
-        if not args.data:
-            raise GraftError("the dataset folder is missing: graft train DATA (or graft train --resume RUN)")
-        raw = config_from_args(args)
-        # Resolving now fails fast on bad options; fit resolves again once it knows whether the
-        # model's frozen epochs can run on cached features (which changes the epoch defaults).
-        cfg = raw.resolved()
-        ranks = distributed.init_from_env(cfg.device)  # a world of one unless torchrun started us
-        out = Path(cfg.out or f"runs/{Path(cfg.data).resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        out = Path(distributed.broadcast(str(out)))  # rank 0's clock names the run
-        _check_out_folder(out, Path(cfg.data))
-        _check_no_run(out, args.overwrite)
-    if not ranks.is_main:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 prints the one log
-    if raw is None:
-        learn = resume_learner(out, device=args.device)
-        if args.workers is not None:
-            learn.config.workers = args.workers
-        cfg = learn.config
-    else:
-        cfg.out = str(out)
-        learn = Learner.from_config(cfg)
-    if ranks.is_main:
-        _check_writable(out)  # after the data loaded, so bad data leaves no empty run folder behind
-    data = learn.data
-    print(f"data: {data.root} (layout: {data.layout}, {len(data.classes)} classes)")
-    print(data.summary())
-    for note in data.notes:
-        print(f"note: {note}")
-    spec = learn.spec
-    pre = learn.preprocessing
-    print(
-        f"model: {spec.source}:{spec.arch} ({'pretrained' if cfg.pretrained else 'random init'}), "
-        f"input {pre.input_size}px {pre.interpolation}, mean {_fmt(pre.mean)}, std {_fmt(pre.std)}"
-        + (" (of the training images)" if cfg.normalize == "data" else "")
-        + f", mode {cfg.mode}, device {learn.device}"
-        + (f" × {ranks.size} processes ({distributed.backend()})" if ranks.enabled else "")
-    )
-    learn.fit(dataclasses.replace(raw or cfg, out=str(out)), checkpoint=out)
-    distributed.shutdown()
-    if not ranks.is_main:
-        return 0  # rank 0 evaluates, saves and reports
-    if learn.metrics.get("undecodable_files"):
-        print(f"skipped while training: {learn.metrics['undecodable_files']} files could not be decoded")
-    labeled_test = bool(data.splits.get("test")) and all(s.label is not None for s in data.splits["test"])
-    split = "test" if labeled_test else "val" if data.splits.get("val") else None
-    interp = learn.interpret(split=split) if split and (labeled_test or cfg.report) else None
-    if labeled_test:
-        result = interp.result
-        learn.metrics.update(test_acc=result.accuracy, test_loss=result.loss, test_n=result.n)
-        print(f"test: accuracy {result.accuracy:.4f} ({result.correct}/{result.n})  loss {result.loss:.4f}")
-    try:
-        learn.save(out)
-    except GraftError as e:
-        if not (out / CHECKPOINT_FILE).exists():
-            raise
-        raise GraftError(
-            f"{e}; the checkpoint of the last epoch is kept: fix that and run graft train --resume {out}"
-        ) from None
-    remove_checkpoint(out)  # the finished run replaces it
-    m = learn.metrics
-    if m.get("val_acc") not in (None, ""):
-        print(f"val: accuracy {m['val_acc']:.4f}  loss {m['val_loss']:.4f}  (epoch {m['best_epoch']})")
-    print(f"saved run to {out}  ({m['train_seconds']:.1f} s training)")
-    if cfg.report:
-        if interp is None:
-            print("report: skipped (no val or labeled test split to show)")
-        else:
-            from graft.evaluation.report import write_report
-
-            t0 = time.perf_counter()
-            path = write_report(learn, interp, out)
-            print(f"report: {path}  ({time.perf_counter() - t0:.1f} s)")
-    return 0
-
-
-def _check_resume_args(args: argparse.Namespace) -> None:
-    """``--resume RUN`` takes every option from the run; only where it runs may change."""
-    from graft.config import TrainConfig
-
-    given = [
-        "DATA" if f.name == "data" else "--" + f.name.replace("_", "-")
-        for f in dataclasses.fields(TrainConfig)
-        if f.name not in ("device", "workers") and getattr(args, f.name) != f.default
-    ]
-    if args.overwrite:
-        given.append("--overwrite")
-    if given:
-        raise GraftError(
-            f"--resume continues a run with its own options; drop {', '.join(given)} "
-            "(only --device and --workers may change)"
-        )
-
-
-def _fmt(values: tuple[float, ...]) -> str:
-    return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
-
-
-def _check_out_folder(out: Path, data: Path) -> None:
-    """Refuse a run folder inside the dataset (the next scan would read it as a class) or a
-    folder of the user's own files (a run would overwrite those of the same names)."""
-    from graft.training.checkpoint import CHECKPOINT_FILE
-
-    resolved, root = out.resolve(), data.resolve()
-    if resolved == root or root in resolved.parents:
-        raise GraftError(f"--out {out} is inside the dataset {data}: choose a folder outside it")
-    is_run = (out / "graft.json").exists() or (out / CHECKPOINT_FILE).exists()
-    if out.is_dir() and not is_run and any(out.iterdir()):
-        raise GraftError(f"--out {out} holds files that are not a graft run: choose an empty or new folder")
-
-
-def _check_no_run(out: Path, overwrite: bool) -> None:
-    """Refuse to clobber a finished or interrupted run unless asked to."""
-    from graft.training.checkpoint import CHECKPOINT_FILE
-
-    if (out / "graft.json").exists() and not overwrite:
-        raise GraftError(f"{out} already holds a run; pass --overwrite or choose another --out")
-    if (out / CHECKPOINT_FILE).exists():
-        if not overwrite:
-            raise GraftError(
-                f"{out} holds an interrupted run: continue it with graft train --resume {out}, "
-                "or pass --overwrite to start again"
-            )
-        (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # every rank gets here
-
-
-def _check_writable(out: Path) -> None:
-    """Fail before training, not after, when the run folder cannot be written."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".graft-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise GraftError(f"cannot write to {out}: {e.strerror or e}") from None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -306,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     from graft.cli.deploy import add_commands as add_deploy_commands
     from graft.cli.organize import add_commands as add_organize_commands
     from graft.cli.predict import add_commands as add_predict_commands
+    from graft.cli.train import cmd_train
 
     parser = argparse.ArgumentParser(
         prog="graft",

@@ -51,6 +51,10 @@ def save_bundle(
 ) -> Path:
     """Write a run folder atomically: weights first, then history, then the metadata that vouches for them.
 
+    Any ``graft.json`` already there is deleted just before the new weights replace the old, so
+    at no instant does one vouch for other weights. Other files of an older run are left alone
+    (``graft train --overwrite`` clears them first: :mod:`graft.training.run_folder`).
+
     Args:
         run_dir: Folder to create or update.
         state_dict: The network's tensors.
@@ -68,8 +72,13 @@ def save_bundle(
     # Tensors may share storage (tied weights) or be views; safetensors wants each one whole.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     try:
+        # An older graft.json would vouch for weights it never saw: it goes the moment before they
+        # change (not before: a failed write keeps the old run whole), so a kill mid-save leaves
+        # no run rather than a mismatched one.
         atomic_write(
-            run_dir / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"})
+            run_dir / WEIGHTS_FILE,
+            lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}),
+            before_replace=lambda: (run_dir / META_FILE).unlink(missing_ok=True),
         )
         if history:
             buf = io.StringIO()
@@ -77,6 +86,8 @@ def save_bundle(
             writer.writeheader()
             writer.writerows(history)
             atomic_write_text(run_dir / HISTORY_FILE, buf.getvalue())
+        else:
+            (run_dir / HISTORY_FILE).unlink(missing_ok=True)  # an older run's epochs are not this one's
         full = {
             "format": FORMAT_VERSION,
             **meta,

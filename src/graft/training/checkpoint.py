@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from graft.config import TrainConfig
 from graft.errors import GraftError
 from graft.fileio import atomic_write
+from graft.training import run_folder
 from graft.training.distributed import broadcast, world
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -83,6 +84,9 @@ def save_checkpoint(
     meta: dict,
 ) -> bool:
     """Write ``run_dir/checkpoint.safetensors`` atomically.
+
+    The first one written in a folder whose old run is being replaced
+    (:func:`graft.training.run_folder.replacing`) clears that old run.
 
     Args:
         progress: Where training stands.
@@ -144,6 +148,7 @@ def save_checkpoint(
             stacklevel=2,
         )
         return False
+    run_folder.checkpoint_written(run_dir, CHECKPOINT_FILE)  # the new run is resumable: the old one goes
     return True
 
 
@@ -240,7 +245,8 @@ def matching_checkpoint(run_dir: str | Path, cfg_dict: dict, split: dict) -> Che
     """The checkpoint in ``run_dir`` if there is one, checked to belong to this very run.
 
     Under torch.distributed rank 0 reads it and sends it to the others (the run folder may exist
-    only on the first machine).
+    only on the first machine). None while the folder's old run is being replaced
+    (``graft train --overwrite``): its checkpoint is not this run's.
 
     Args:
         cfg_dict: The run's config (``TrainConfig.to_dict()``); ``lr: "auto"`` matches the rate
@@ -263,8 +269,8 @@ def matching_checkpoint(run_dir: str | Path, cfg_dict: dict, split: dict) -> Che
 
 
 def _matching(run_dir: str | Path, cfg_dict: dict, split: dict) -> Checkpoint | None:
-    if not (Path(run_dir) / CHECKPOINT_FILE).is_file():
-        return None
+    if run_folder.is_replacing(run_dir) or not (Path(run_dir) / CHECKPOINT_FILE).is_file():
+        return None  # (an old run's checkpoint stays until the new run's first one replaces it)
     ck = read_checkpoint(run_dir)
     # An option newer than the checkpoint is missing from it: that run ran with its default.
     defaults = {
