@@ -88,3 +88,27 @@ def texts(d: Mapping[str, Any], key: str, where: str, max_items: int, *, unique:
     if unique and len(set(out)) != len(out):
         raise GraftError(f"{where}.{key} names an entry twice")
     return out
+
+
+# Resampling filters a run may name (transforms maps them to torchvision's; the ONNX runtime to Pillow's).
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+PREPROCESSING_FIELDS = ("input_size", "mean", "std", "interpolation", "crop_pct")
+
+
+def preprocessing(value: object, where: str = "preprocessing") -> dict[str, Any]:
+    """The fields of a ``preprocessing`` record (a run file's or an ONNX file's), each checked.
+
+    Torch-free, so the ONNX runtime and ``Preprocessing.from_dict`` share one set of bounds.
+
+    Raises:
+        GraftError: A field missing, unknown, of the wrong type or out of range, named.
+    """
+    d = record(value, where)
+    only_keys(d, PREPROCESSING_FIELDS, where)
+    return {
+        "input_size": integer(d, "input_size", 8, 4096, where),
+        "mean": numbers(d, "mean", 3, -1e3, 1e3, where),
+        "std": numbers(d, "std", 3, 1e-6, 1e3, where),
+        "interpolation": choice(d, "interpolation", INTERPOLATIONS, where),
+        "crop_pct": number(d, "crop_pct", 0.05, 1.0, where, open_lo=True),
+    }

@@ -221,7 +221,8 @@ def test_large_png_is_reduced_for_the_model(tmp_path: Path) -> None:
         image = load_image(path, min_size=256)
     assert image.mode == "RGB" and image.size == (261, 261)  # 12000 // 256 = 46, 12000 / 46 rounded up
     assert image.getpixel((100, 100)) == (90, 90, 90)
-    assert [str(w.message) for w in caught if w.category is LargeImageWarning][0].startswith(f"{path}: 12000x12000")
+    named = [str(w.message) for w in caught if w.category is LargeImageWarning]
+    assert len(named) == 1 and named[0].startswith(f"{path}: 12000x12000")
 
 
 def test_extreme_strip_keeps_its_centre(tmp_path: Path) -> None:

@@ -15,10 +15,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from graft import GraftError, ImageData, Learner, load_learner
+from graft import GraftError, ImageData, Learner, checks, load_learner
 from graft.cli.main import main
 from graft.data.transforms import Preprocessing
-from graft.export import onnx_runtime
 from graft.export.exporters import export
 from graft.export.onnx_runtime import META_KEY, OnnxClassifier
 from graft.fileio import default_mode
@@ -169,8 +168,8 @@ def test_the_untouched_export_still_predicts(exported, capsys):
     + [("input_size", 8), ("input_size", 4096), ("std", [1e-6] * 3), ("crop_pct", 1.0), ("mean", [-1e3] * 3)],
 )
 def test_onnx_and_run_file_preprocessing_bounds_agree(exported, field, value):
-    # onnx_runtime repeats Preprocessing.from_dict's bounds (that module imports torch; this one
-    # must not): the two must refuse and accept exactly the same values, with the same words.
+    # The ONNX runtime (torch-free) and Preprocessing.from_dict must refuse and accept exactly the
+    # same values, with the same words.
     d = dict(exported[2]["preprocessing"], **{field: value})
 
     def outcome(check):
@@ -180,7 +179,7 @@ def test_onnx_and_run_file_preprocessing_bounds_agree(exported, field, value):
             return str(e)
         return "ok"
 
-    assert outcome(onnx_runtime._checked_preprocessing) == outcome(Preprocessing.from_dict)
+    assert outcome(checks.preprocessing) == outcome(Preprocessing.from_dict)
 
 
 def test_exported_file_has_the_mode_of_any_new_file(exported):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from PIL import Image
@@ -49,16 +49,7 @@ class Preprocessing:
         Raises:
             GraftError: A field missing, unknown, of the wrong type or out of range, named.
         """
-        where = "preprocessing"
-        d = checks.record(d, where)
-        checks.only_keys(d, {f.name for f in fields(cls)}, where)
-        return cls(
-            input_size=checks.integer(d, "input_size", 8, 4096, where),
-            mean=checks.numbers(d, "mean", 3, -1e3, 1e3, where),
-            std=checks.numbers(d, "std", 3, 1e-6, 1e3, where),
-            interpolation=checks.choice(d, "interpolation", _INTERPOLATIONS, where),
-            crop_pct=checks.number(d, "crop_pct", 0.05, 1.0, where, open_lo=True),
-        )
+        return cls(**checks.preprocessing(d))
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,6 @@ from graft.errors import GraftError
 META_KEY = "graft"
 # The metadata format this version writes and reads (``format`` in the metadata).
 META_FORMAT = 1
-# The bounds of graft.json's ``preprocessing`` (graft.data.transforms.Preprocessing.from_dict),
-# repeated here because that module imports torch and this one must not; a test checks that
-# both refuse and accept the same values.
-_PRE_FIELDS = ("input_size", "mean", "std", "interpolation", "crop_pct")
-_INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
 
 class OnnxClassifier:
@@ -141,27 +136,13 @@ def _checked_meta(text: str, session: Any) -> tuple[Mapping[str, Any], dict[str,
         if key not in meta:
             raise GraftError(f"{key} is missing")
     checks.integer(meta, "format", META_FORMAT, META_FORMAT, "metadata")
-    pre = _checked_preprocessing(meta["preprocessing"])
+    pre = checks.preprocessing(meta["preprocessing"])
     width = _output_width(session)
     classes = checks.texts(meta, "classes", "metadata", max_items=width, unique=True)
     if len(classes) != width:
         raise GraftError(f"classes lists {plural(len(classes), 'name')} for a model with {width} outputs")
     _check_input(session, pre["input_size"])
     return meta, pre
-
-
-def _checked_preprocessing(value: object) -> dict[str, Any]:
-    """The ``preprocessing`` record with the bounds of a run file's (see :data:`_PRE_FIELDS`)."""
-    where = "preprocessing"
-    d = checks.record(value, where)
-    checks.only_keys(d, _PRE_FIELDS, where)
-    return {
-        "input_size": checks.integer(d, "input_size", 8, 4096, where),
-        "mean": checks.numbers(d, "mean", 3, -1e3, 1e3, where),
-        "std": checks.numbers(d, "std", 3, 1e-6, 1e3, where),
-        "interpolation": checks.choice(d, "interpolation", _INTERPOLATIONS, where),
-        "crop_pct": checks.number(d, "crop_pct", 0.05, 1.0, where, open_lo=True),
-    }
 
 
 def _output_width(session: Any) -> int:
