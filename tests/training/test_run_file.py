@@ -52,7 +52,7 @@ CASES = {
         _set("model", "source", "pip"),
         r"model\.source must be one of graft, ",
     ),
-    "huge head": (_set("model", "num_classes", 10**12), r"model\.num_classes must be a whole number from 1"),
+    "huge head": (_set("model", "num_classes", 10**12), r"model\.num_classes must be a whole number from 2"),
     "huge hidden": (_set("model", "head_hidden", 10**9), r"model\.head_hidden must be a whole number"),
     "string classes count": (_set("model", "num_classes", "2"), r"model\.num_classes must be a whole number"),
     "build kwarg": (
@@ -81,6 +81,10 @@ CASES = {
     "three classes": (lambda m: m.update(classes=["a", "b", "c"]), r"run\.classes must be a list of 1 to 2"),
     "one class": (lambda m: m.update(classes=["a"]), r"classes lists 1 names for a model with 2 outputs"),
     "same class twice": (lambda m: m.update(classes=["a", "a"]), r"run\.classes names an entry twice"),
+    "one class": (
+        lambda m: (m["model"].update(num_classes=1), m.update(classes=["a"])),
+        r"model\.num_classes must be a whole number from 2",
+    ),
     "num_classes and head disagree": (
         lambda m: (m["model"].update(num_classes=3), m.update(classes=["a", "b", "c"])),
         r"model\.num_classes is 3, but the weights' head has no such output",

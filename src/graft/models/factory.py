@@ -81,7 +81,7 @@ class ModelSpec:
         return cls(
             arch=arch,
             source=source,
-            num_classes=checks.integer(d, "num_classes", 1, MAX_CLASSES, where),
+            num_classes=checks.integer(d, "num_classes", 2, MAX_CLASSES, where),  # as training requires
             head_hidden=None if hidden is None else checks.integer(d, "head_hidden", 1, MAX_HIDDEN, where),
             head_dropout=checks.number(d, "head_dropout", 0.0, 0.999, where),
             head_names=checks.texts(d, "head_names", where, max_items=4, unique=True),
