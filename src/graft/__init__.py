@@ -21,6 +21,7 @@ _EXPORTS = {
     "GraftError": "graft.errors",
     "SkippedFileWarning": "graft.errors",
     "DuplicateImageWarning": "graft.errors",
+    "LargeImageWarning": "graft.errors",
     "EvalResult": "graft.evaluation.metrics",
     "Prediction": "graft.evaluation.predictions",
     "create_model": "graft.models",
@@ -35,6 +36,7 @@ __all__ = [
     "GraftError",
     "ImageData",
     "Interpretation",
+    "LargeImageWarning",
     "Learner",
     "Prediction",
     "SkippedFileWarning",
@@ -50,7 +52,7 @@ __all__ = [
 if TYPE_CHECKING:
     from graft.config import TrainConfig
     from graft.data.dataset import ImageData
-    from graft.errors import DuplicateImageWarning, GraftError, SkippedFileWarning
+    from graft.errors import DuplicateImageWarning, GraftError, LargeImageWarning, SkippedFileWarning
     from graft.evaluation.interpret import Interpretation
     from graft.evaluation.metrics import EvalResult
     from graft.evaluation.predictions import Prediction

@@ -1,5 +1,7 @@
 """The exception type for bad user input, and the warning categories for data graft leaves out."""
 
+from PIL import Image
+
 
 class GraftError(Exception):
     """A problem with the user's input or files, explained in one line.
@@ -26,3 +28,9 @@ class DuplicateImageWarning(UserWarning):
     A validation or test image that is also in train makes the held-out scores optimistic.
     Filter this category to silence it, or turn it into an error to refuse such datasets.
     """
+
+
+class LargeImageWarning(Image.DecompressionBombWarning):
+    """An image over Pillow's decompression-bomb warning limit (``Image.MAX_IMAGE_PIXELS``, 89 Mpx),
+    decoded anyway (it is under the hard limit, twice that). Pillow's own warning names no file;
+    this one does, and filters set for Pillow's category apply to it."""

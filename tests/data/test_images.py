@@ -12,13 +12,13 @@ from PIL import Image
 
 from graft.data.images import (
     MAX_ASPECT,
-    LargeImageWarning,
     check_image,
     fit_for_model,
     is_image_file,
     list_images,
     load_image,
 )
+from graft.errors import LargeImageWarning
 
 
 def _rgb(path: Path, size=(40, 30), color=(200, 30, 30)) -> Path:

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from graft.errors import LargeImageWarning
+
 # Lower-case suffixes treated as images. Anything else (and any hidden file) is left out of listings;
 # list_images can report what it left out (see Ignored).
 IMAGE_EXTENSIONS = frozenset(
@@ -218,12 +220,6 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 # every view resizes the shorter side to the model's size, so a 40000x1 strip would otherwise
 # become a 10-million-pixel-long row (gigabytes per view). Longer strips keep their centre.
 MAX_ASPECT = 16
-
-
-class LargeImageWarning(Image.DecompressionBombWarning):
-    """An image over Pillow's decompression-bomb warning limit (``Image.MAX_IMAGE_PIXELS``), decoded
-    anyway (it is under the hard limit, twice that). Pillow's own warning names no file; this one
-    does, and filters set for Pillow's category apply to it."""
 
 
 def _open_quietly(path) -> Image.Image:
