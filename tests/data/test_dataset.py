@@ -347,3 +347,12 @@ def test_load_class_folder(tmp_path: Path, make_image_folder) -> None:
     _flat(tmp_path / "flat", ["a.png"])
     with pytest.raises(GraftError, match="has no class folders"):
         load_class_folder(tmp_path / "flat", ["cat"])
+
+
+def test_one_small_class_is_counted_in_the_singular(tmp_path: Path, make_image_folder) -> None:
+    """Issue 18, item 6: "1 classes have too few images"."""
+    make_image_folder(tmp_path, classes={"big": 10, "other": 10, "one": 1}, size=(8, 8))
+    with pytest.warns(UserWarning):  # 'one' has no val image, and is warned about
+        data = ImageData.from_folder(tmp_path, valid_split=0.3)
+    small = [n for n in data.notes if "too few images for the val split" in n]
+    assert len(small) == 1 and small[0].startswith("1 class has too few images for the val split"), small
