@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,7 +25,7 @@ import httpx
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import free_port
+from serve_load import start_server
 
 
 def memory_kb(pid: int, field: str) -> int:
@@ -49,22 +48,6 @@ def tiny_run(folder: Path) -> Path:
     learn = Learner(ImageData.from_folder(folder / "data"), "tf_efficientnet_lite0", seed=0)
     learn.fit(mode="features", epochs=1, batch_size=8, workers=0, log=lambda _: None)
     return learn.save(folder / "run")
-
-
-def start(run: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "graft", "serve", str(run), "--port", str(port), "--device", "cpu"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"graft serve did not start: {proc.stderr.read().decode()[-2000:]}")
 
 
 async def send(url: str, body: bytes, requests: int, files: int) -> dict[int, int]:
@@ -94,7 +77,7 @@ def main() -> None:
     body = buf.getvalue()
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or tiny_run(Path(tmp))
-        proc, url = start(run)
+        proc, url = start_server(run, max_batch=16)
         try:
             before = memory_kb(proc.pid, "VmRSS")
             samples: list[int] = []
@@ -129,7 +112,7 @@ def main() -> None:
     )
     print(
         f"peak growth {(peak - before) / 1024:.0f} MB vs {decoded:.0f} MB to hold every decoded image: "
-        f"{decoded / max(1, (peak - before) / 1024):.0f}x less"
+        f"{decoded / max(1, (peak - before) / 1024):.1f}x less"
     )
 
 
