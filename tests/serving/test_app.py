@@ -190,6 +190,7 @@ def test_openapi_documents_the_predict_body_and_answers(client):
     assert post["requestBody"]["required"] and body["required"] == ["file"]
     assert body["properties"]["file"] == {
         "type": "array",
+        "minItems": 1,
         "items": {"type": "string", "format": "binary"},
         "description": "the images (JPEG, PNG, WebP, BMP, GIF or TIFF)",
     }
