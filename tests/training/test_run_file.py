@@ -79,9 +79,9 @@ CASES = {
     "two stds": (_set("preprocessing", "std", [1, 1]), r"preprocessing\.std must be a list of 3 numbers"),
     "interpolation": (_set("preprocessing", "interpolation", "lanczos9"), r"preprocessing\.interpolation"),
     "three classes": (lambda m: m.update(classes=["a", "b", "c"]), r"run\.classes must be a list of 1 to 2"),
-    "one class": (lambda m: m.update(classes=["a"]), r"classes lists 1 names for a model with 2 outputs"),
+    "one class": (lambda m: m.update(classes=["a"]), r"classes lists 1 name for a model with 2 outputs"),
     "same class twice": (lambda m: m.update(classes=["a", "a"]), r"run\.classes names an entry twice"),
-    "one class": (
+    "one-class model": (
         lambda m: (m["model"].update(num_classes=1), m.update(classes=["a"])),
         r"model\.num_classes must be a whole number from 2",
     ),

@@ -6,8 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from graft.data._scan import plural
 from graft.errors import GraftError
+from graft.text import plural
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -7,8 +7,8 @@ import argparse
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from graft.data._scan import plural
     from graft.export.exporters import PARITY_TOLERANCE, export
+    from graft.text import plural
     from graft.training.learner import load_learner
 
     learn = load_learner(args.run, device="cpu")

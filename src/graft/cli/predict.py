@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from graft.data._scan import plural
 from graft.errors import GraftError
+from graft.text import plural
 
 if TYPE_CHECKING:
     import numpy as np

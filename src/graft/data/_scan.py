@@ -23,6 +23,7 @@ from graft.data._audit import (
 from graft.data._duplicates import cross_split_duplicates, describe
 from graft.data.images import Ignored, check_image, list_images, skip_kind
 from graft.errors import DuplicateImageWarning, GraftError, SkippedFileWarning
+from graft.text import plural
 
 VAL_NAMES = ("val", "valid", "validation")
 
@@ -179,11 +180,6 @@ class Scan:
             text = describe(found, self.root or Path.cwd())
             warnings.warn(text, DuplicateImageWarning, stacklevel=3)
             self.notes.append(text)
-
-
-def plural(n: int, one: str, many: str | None = None) -> str:
-    """``"1 file"``, ``"3 files"`` (``many`` for irregular plurals)."""
-    return f"{n:,} {one if n == 1 else many or one + 's'}"
 
 
 def skipped_line(skipped: list[tuple[Path, str]]) -> str:

@@ -16,7 +16,6 @@ from graft.data._scan import (
     classes_from,
     descend,
     inside,
-    plural,
     preview,
     skipped_line,
     subdirs,
@@ -24,6 +23,7 @@ from graft.data._scan import (
 from graft.data._split import stratified_split
 from graft.data.images import list_images
 from graft.errors import GraftError
+from graft.text import plural
 
 _MAX_SUMMARY_ROWS = 30
 

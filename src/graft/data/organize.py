@@ -21,11 +21,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from graft.data._scan import Scan, inside, plural, skipped_line
+from graft.data._scan import Scan, inside, skipped_line
 from graft.data.dataset import ImageData, Sample
 from graft.data.images import list_images
 from graft.errors import GraftError
 from graft.fileio import default_mode
+from graft.text import plural
 
 LINK_MODES = ("auto", "hardlink", "symlink", "copy")
 RECORD_FILE = "organize.json"

@@ -14,11 +14,11 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from graft.data._scan import plural
 from graft.errors import GraftError
 from graft.evaluation.interpret import Interpretation
 from graft.evaluation.stream import cannot_write
 from graft.fileio import atomic_write_text
+from graft.text import plural
 
 if TYPE_CHECKING:
     from graft.training.learner import Learner

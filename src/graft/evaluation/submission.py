@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from graft.data._csv import read_csv_rows
-from graft.data._scan import plural
 from graft.errors import GraftError
 from graft.fileio import atomic_write_text
+from graft.text import plural
 
 SUBMISSION_FORMATS = ("probs", "label")
 

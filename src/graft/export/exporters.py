@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from graft.data._scan import plural
 from graft.data.dataset import Sample
 from graft.data.selection import eval_samples, expand_paths
 from graft.errors import GraftError
@@ -25,6 +24,7 @@ from graft.evaluation.inference import predict_probs
 from graft.evaluation.stream import cannot_write
 from graft.export.onnx_runtime import META_KEY
 from graft.fileio import default_mode
+from graft.text import plural
 
 if TYPE_CHECKING:
     from graft.training.learner import Learner

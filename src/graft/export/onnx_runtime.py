@@ -18,11 +18,11 @@ import numpy as np
 from PIL import Image
 
 from graft import checks
-from graft.data._scan import plural
 from graft.data.images import load_image
 from graft.data.resize import resize_center_crop
 from graft.data.selection import expand_paths
 from graft.errors import GraftError
+from graft.text import plural
 
 META_KEY = "graft"
 # The metadata format this version writes and reads (``format`` in the metadata).

@@ -36,6 +36,7 @@ from graft.export.bundle import load_bundle, read_history, save_bundle
 from graft.models import ModelSpec, build_model, check_input_size, create_model, fetch_weights
 from graft.models.fuse import inference_model
 from graft.models.weights import load_state
+from graft.text import plural
 from graft.training.checkpoint import MAY_DIFFER, checkpoint_meta, matching_checkpoint
 from graft.training.distributed import broadcast, local, main_first, main_only, world
 from graft.training.features import feature_head
@@ -476,7 +477,8 @@ def _checked_run(meta: dict, state_dict: dict) -> tuple[ModelSpec, Preprocessing
     pre = Preprocessing.from_dict(meta["preprocessing"])
     classes = texts(meta, "classes", "run", max_items=spec.num_classes, unique=True)
     if len(classes) != spec.num_classes:
-        raise GraftError(f"classes lists {len(classes)} names for a model with {spec.num_classes} outputs")
+        named = plural(len(classes), "name")
+        raise GraftError(f"classes lists {named} for a model with {spec.num_classes} outputs")
     outputs = {
         int(v.shape[0])
         for name in spec.head_names
