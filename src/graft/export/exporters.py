@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from graft.errors import GraftError
 from graft.evaluation.inference import predict_probs
 from graft.evaluation.stream import cannot_write
 from graft.export.onnx_runtime import META_KEY
-from graft.fileio import default_mode
+from graft.fileio import default_mode, temp_file
 from graft.text import plural
 
 if TYPE_CHECKING:
@@ -138,11 +137,9 @@ def _temp_beside(out: Path) -> Path:
     """
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        return temp_file(out)
     except OSError as e:
         raise cannot_write(out, e) from None
-    os.close(fd)
-    return Path(name)
 
 
 def _check_samples(learn: Learner, check: Sequence[str | Path] | None) -> list[Sample]:
