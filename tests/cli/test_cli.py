@@ -261,3 +261,32 @@ def test_out_inside_the_data_or_over_other_files_is_refused(dataset, tmp_path, c
     assert main(["train", str(data), "--out", str(mine), "--overwrite", *FAST]) == 2
     assert "holds files that are not a graft run" in capsys.readouterr().err
     assert (mine / "history.csv").read_text() == "my own spreadsheet\n"
+
+
+def test_evaluate_batch_size_sets_the_forward_batch(run, dataset, capsys, monkeypatch, tmp_path):
+    """Issue 19: `graft evaluate --batch-size` wrote learn.config, which evaluation never read."""
+    import torch
+
+    stems: list[int] = []
+
+    def record(module, inputs):
+        if isinstance(module, torch.nn.Conv2d) and module.in_channels == 3:
+            stems.append(int(inputs[0].shape[0]))  # the images in this forward pass
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        args = ["evaluate", str(run), str(dataset / "data"), "--split", "val", "--json"]
+        monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "a"))  # an empty feature cache: the body runs
+        assert main([*args, "--batch-size", "8"]) == 0
+        with_8 = json.loads(capsys.readouterr().out)
+        eight, stems[:] = list(stems), []
+        monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "b"))
+        assert main([*args, "--batch-size", "3"]) == 0
+        with_3 = json.loads(capsys.readouterr().out)
+    finally:
+        hook.remove()
+    # (Batches of 2 are the fused copy's trial run, the same in both.)
+    assert max(eight) == 8 and max(stems) == 3, (eight, stems)
+    assert with_3["accuracy"] == with_8["accuracy"] and with_3["n"] == with_8["n"]
+    assert main([*args, "--batch-size", "0"]) == 2
+    assert "batch size must be a whole number of at least 1" in capsys.readouterr().err

@@ -42,9 +42,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from graft.training.learner import load_learner
 
     learn = load_learner(args.run, device=args.device, precision=args.precision)
-    if args.batch_size:
-        learn.config.batch_size = args.batch_size
-    result = learn.evaluate(args.data, split=args.split, tta=tta_from_args(args))
+    result = learn.evaluate(args.data, split=args.split, tta=tta_from_args(args), batch_size=args.batch_size)
     if result.n == 0:  # every image failed to decode: there is no accuracy to print
         raise GraftError(
             f"none of the {result.skipped:,} images in {args.data} could be decoded: nothing to evaluate"
