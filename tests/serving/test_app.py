@@ -310,3 +310,23 @@ def test_a_client_that_disconnects_mid_upload_is_one_log_line(live_server):
     assert messages == ["graft serve: POST /predict: the client disconnected mid-request"]
     assert all(r.exc_info is None for r in records)
     assert httpx.get(f"{live_server}/health").status_code == 200
+
+
+def test_tied_classes_come_in_the_same_order_as_graft_predict(run, tmp_path):
+    """Issue 19: the server ordered tied classes with argsort()[::-1] (last class first), graft
+    predict with a stable sort (first class first). A head of zeros ties every class."""
+    import torch
+
+    learn = load_learner(run[1], device="cpu")
+    head = learn.model.get_submodule(learn.spec.head_names[0])
+    with torch.no_grad():
+        for p in head.parameters():
+            p.zero_()
+    tied = learn.save(tmp_path / "tied")
+    image = sorted((run[0] / "val").rglob("*.jpg"))[0]
+    expected = load_learner(tied, device="cpu").predict(image, k=3)[0]
+    assert expected.probs == pytest.approx([1 / 3] * 3)
+    with TestClient(create_app(tied, device="cpu")) as c:
+        served = c.post("/predict?top_k=3", files=upload(image)).json()["predictions"][0]
+    assert [t["label"] for t in served["top"]] == expected.labels == ["blue", "green", "red"]
+    assert served["label"] == expected.labels[0]

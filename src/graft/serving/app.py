@@ -34,6 +34,7 @@ from starlette.requests import ClientDisconnect
 from graft.data.images import load_image
 from graft.data.transforms import eval_transform
 from graft.errors import GraftError
+from graft.evaluation.predictions import top_k
 from graft.serving.batcher import Batcher
 from graft.serving.budget import PixelBudget
 from graft.serving.page import PAGE
@@ -280,13 +281,12 @@ class _ImageReader:
         return names, tensors
 
 
-def _top(names: list[str], probs, classes: list[str], top_k: int) -> list[dict]:
-    """The ``top_k`` classes of each row of ``probs``, best first."""
-    k = max(1, min(top_k, len(classes)))
+def _top(names: list[str], probs, classes: list[str], k: int) -> list[dict]:
+    """The ``k`` classes of each row of ``probs``, best first, ties in class order (as
+    ``graft predict`` orders them: both use :func:`~graft.evaluation.predictions.top_k`)."""
     out = []
-    for name, row in zip(names, probs, strict=True):
-        order = row.argsort()[::-1][:k]
-        top = [{"label": classes[j], "prob": round(float(row[j]), 6)} for j in order]
+    for name, pred in zip(names, top_k(probs, names, classes, k), strict=True):
+        top = [{"label": c, "prob": round(p, 6)} for c, p in zip(pred.labels, pred.probs, strict=True)]
         out.append({"filename": name, "label": top[0]["label"], "prob": top[0]["prob"], "top": top})
     return out
 
