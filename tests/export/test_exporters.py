@@ -164,3 +164,25 @@ def test_onnx_predictions_stream_shard_and_resume_without_torch(run, onnx_file, 
     assert full.read_text().count("\n") == 1 + 9
     assert merged.read_bytes() == full.read_bytes() == resumed.read_bytes()
     assert "dropped a half-written last line" in proc.stderr
+
+
+def test_the_export_is_flushed_to_disk_before_it_is_renamed_into_place(run, tmp_path, monkeypatch):
+    """Issue 19: the exported file had a writer of its own, without fsync (a power cut after the
+    rename could leave an empty model.onnx); now it goes through fileio.atomic_write like every
+    other file. Which files reach fsync is read from the real file descriptors."""
+    import os
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    learn = load_learner(run[1], device="cpu")
+    out = tmp_path / "exported.onnx"
+    report = export(learn, "onnx", out=out)
+    assert report.path == out and out.is_file()
+    assert any(name.startswith(".exported.onnx.") and name.endswith(".tmp") for name in synced), synced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported.onnx"]  # no temporary file left

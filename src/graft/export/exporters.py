@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from graft.errors import GraftError
 from graft.evaluation.inference import predict_probs
 from graft.evaluation.stream import cannot_write
 from graft.export.onnx_runtime import META_KEY
-from graft.fileio import default_mode, temp_file
+from graft.fileio import atomic_write, temp_file
 from graft.text import plural
 
 if TYPE_CHECKING:
@@ -97,36 +96,51 @@ def export(
     samples = _check_samples(learn, check)
     model = copy.deepcopy(learn.model).to("cpu", memory_format=torch.contiguous_format).float().eval()
     meta = json.dumps(contract(learn))
-    tmp = _temp_beside(out)  # before the slow part: an unwritable --out fails at once
+    _temp_beside(out).unlink()  # before the slow part: an unwritable --out fails at once
+    checked: list[tuple[float, int, int]] = []
+
+    def write(tmp: Path) -> None:  # the file is renamed into place only if this returns
+        checked.append(_write_checked(fmt, model, tmp, meta, learn, samples))
+
     try:
-        size = learn.preprocessing.input_size
-        example = torch.randn(2, 3, size, size)
-        if fmt == "onnx":
-            _export_onnx(model, example, tmp, meta)
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch.jit's deprecation notices
-                traced = torch.jit.trace(model, example)
-                torch.jit.save(traced, str(tmp), _extra_files={"graft.json": meta})
-        reference, kept = predict_probs(
-            model, learn.spec, learn.preprocessing, samples, torch.device("cpu"), precision="fp32", fast=model
-        )
-        exported = _exported_probs(fmt, tmp, learn, [samples[i] for i in kept])
-        diff = float(np.abs(exported - reference).max()) if len(kept) else 0.0
-        agree = int((exported.argmax(1) == reference.argmax(1)).sum()) if len(kept) else 0
-        if diff > PARITY_TOLERANCE:
-            raise GraftError(
-                f"the {fmt} export disagrees with the PyTorch model: largest probability difference "
-                f"{diff:.2e} > {PARITY_TOLERANCE:g} over {plural(len(kept), 'image')}; nothing was written"
-            )
-        # mkstemp made the file private (0600): give it the mode any new file gets.
-        os.chmod(tmp, default_mode(0o666))
-        os.replace(tmp, out)
+        # The same writer as every other file: fsync'ed, the mode of a new file, renamed into place.
+        atomic_write(out, write)
     except OSError as e:  # a full disk, or the folder made read-only meanwhile
         raise cannot_write(out, e) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return ExportReport(out, fmt, diff, len(kept), agree, time.perf_counter() - t0)
+    diff, agree, kept = checked[0]
+    return ExportReport(out, fmt, diff, kept, agree, time.perf_counter() - t0)
+
+
+def _write_checked(
+    fmt: str, model: torch.nn.Module, tmp: Path, meta: str, learn: Learner, samples: list[Sample]
+) -> tuple[float, int, int]:
+    """Export ``model`` to ``tmp`` and compare the file's probabilities with PyTorch's on
+    ``samples``; returns (largest difference, images with the same top-1, images compared).
+
+    Raises:
+        GraftError: A difference above :data:`PARITY_TOLERANCE`.
+    """
+    size = learn.preprocessing.input_size
+    example = torch.randn(2, 3, size, size)
+    if fmt == "onnx":
+        _export_onnx(model, example, tmp, meta)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation notices
+            traced = torch.jit.trace(model, example)
+            torch.jit.save(traced, str(tmp), _extra_files={"graft.json": meta})
+    reference, kept = predict_probs(
+        model, learn.spec, learn.preprocessing, samples, torch.device("cpu"), precision="fp32", fast=model
+    )
+    exported = _exported_probs(fmt, tmp, learn, [samples[i] for i in kept])
+    diff = float(np.abs(exported - reference).max()) if len(kept) else 0.0
+    agree = int((exported.argmax(1) == reference.argmax(1)).sum()) if len(kept) else 0
+    if diff > PARITY_TOLERANCE:
+        raise GraftError(
+            f"the {fmt} export disagrees with the PyTorch model: largest probability difference "
+            f"{diff:.2e} > {PARITY_TOLERANCE:g} over {plural(len(kept), 'image')}; nothing was written"
+        )
+    return diff, agree, len(kept)
 
 
 def _temp_beside(out: Path) -> Path:
