@@ -48,3 +48,17 @@ def test_expand_paths_files_and_folders(tmp_path):
         expand_paths(tmp_path / "notes.txt")
     with pytest.raises(GraftError, match="no such file"):
         expand_paths(tmp_path / "missing")
+
+
+def test_split_folders_are_found_in_any_case_as_training_finds_them(tmp_path):
+    """Issue 19: training read Train/ and Val/ (the scan matches names in any case), but evaluate
+    looked only for lower-case train/ and val/ folders."""
+    make_image_folder(tmp_path / "Train", {"a": 3, "b": 3}, size=(8, 8), seed=1)
+    make_image_folder(tmp_path / "Valid", {"a": 2, "b": 1}, size=(8, 8), seed=2)
+    make_image_folder(tmp_path / "TEST", {"a": 1, "b": 2}, size=(8, 8), seed=3)
+    data = ImageData.from_folder(tmp_path)
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 6, "val": 3, "test": 3}
+    val, where = eval_samples(tmp_path, "val", ["a", "b"])
+    assert where == str(tmp_path / "Valid") and [s.label for s in val] == [0, 0, 1]
+    test, where = eval_samples(tmp_path, None, ["a", "b"])  # the labeled test split by default
+    assert where == str(tmp_path / "TEST") and [s.label for s in test] == [0, 1, 1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from graft.data._scan import VAL_NAMES, child
 from graft.data.dataset import ImageData, Sample, load_class_folder
 from graft.data.images import is_image_file, list_images
 from graft.errors import GraftError
@@ -36,7 +37,7 @@ def eval_samples(
     if not root.is_dir():
         raise GraftError(f"evaluation data not found: {root}")
     own_root = bool(record) and Path(record["root"]).resolve() == root.resolve()
-    if split is None and not own_root and not (root / "train").is_dir():
+    if split is None and not own_root and child(root, "train") is None:
         samples, _ = load_class_folder(root, classes)
         return samples, str(root)
     if record and (record.get("layout") != "folders" or not _split_folder(root, split)):
@@ -79,8 +80,11 @@ def _pick_split(
 
 
 def _split_folder(root: Path, split: str | None) -> Path | None:
-    names = {"val": ("val", "valid", "validation")}.get(split or "", (split,) if split else ())
-    return next((root / n for n in names if (root / n).is_dir()), None)
+    """The folder of ``split`` in ``root``, its name matched as the dataset scan matches it
+    (any case; ``val``, ``valid`` or ``validation``)."""
+    if not split:
+        return None
+    return child(root, *(VAL_NAMES if split == "val" else (split.lower(),)))
 
 
 def expand_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
