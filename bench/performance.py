@@ -89,9 +89,9 @@ def bench_predict(run: str, folder: Path) -> dict:
 
     from graft.data.images import list_images, load_image
     from graft.data.transforms import eval_transform
+    from graft.infrastructure.runtime import autocast, channels_last, inference_batch_size
+    from graft.learner.learner import load_learner
     from graft.models.fuse import inference_model
-    from graft.training.learner import load_learner
-    from graft.training.runtime import autocast, channels_last, inference_batch_size
 
     learn = load_learner(run)
     paths = list_images(folder, recursive=True)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from graft import ImageData, Learner
-from graft.errors import GraftError
+from graft.infrastructure.errors import GraftError
 from graft.models import fetch_weights
 
 ARCHS = ["resnet18", "alexnet", "vgg11_bn", "squeezenet1_0", "densenet121", "inception_v3"]

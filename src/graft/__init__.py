@@ -10,24 +10,24 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from graft.infrastructure.version import __version__
 
 _EXPORTS = {
     "ImageData": "graft.data.dataset",
-    "Learner": "graft.training.learner",
-    "load_learner": "graft.training.learner",
-    "resume_learner": "graft.training.learner",
-    "TrainConfig": "graft.config",
-    "GraftError": "graft.errors",
-    "SkippedFileWarning": "graft.errors",
-    "DuplicateImageWarning": "graft.errors",
-    "LargeImageWarning": "graft.errors",
+    "Learner": "graft.learner.learner",
+    "load_learner": "graft.learner.learner",
+    "resume_learner": "graft.learner.learner",
+    "TrainConfig": "graft.infrastructure.config",
+    "GraftError": "graft.infrastructure.errors",
+    "SkippedFileWarning": "graft.infrastructure.errors",
+    "DuplicateImageWarning": "graft.infrastructure.errors",
+    "LargeImageWarning": "graft.infrastructure.errors",
     "EvalResult": "graft.evaluation.metrics",
-    "Prediction": "graft.evaluation.predictions",
+    "Prediction": "graft.inference.predictions",
     "create_model": "graft.models",
     "Interpretation": "graft.evaluation.interpret",
-    "write_report": "graft.evaluation.report",
-    "compare": "graft.training.compare",
+    "write_report": "graft.workflows.report",
+    "compare": "graft.workflows.compare",
 }
 
 __all__ = [
@@ -50,16 +50,21 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from graft.config import TrainConfig
     from graft.data.dataset import ImageData
-    from graft.errors import DuplicateImageWarning, GraftError, LargeImageWarning, SkippedFileWarning
     from graft.evaluation.interpret import Interpretation
     from graft.evaluation.metrics import EvalResult
-    from graft.evaluation.predictions import Prediction
-    from graft.evaluation.report import write_report
+    from graft.inference.predictions import Prediction
+    from graft.infrastructure.config import TrainConfig
+    from graft.infrastructure.errors import (
+        DuplicateImageWarning,
+        GraftError,
+        LargeImageWarning,
+        SkippedFileWarning,
+    )
+    from graft.learner.learner import Learner, load_learner, resume_learner
     from graft.models import create_model
-    from graft.training.compare import compare
-    from graft.training.learner import Learner, load_learner, resume_learner
+    from graft.workflows.compare import compare
+    from graft.workflows.report import write_report
 
 
 def __getattr__(name: str) -> Any:

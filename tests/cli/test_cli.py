@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from graft.cli.main import main
-from graft.evaluation.report import SECTIONS
+from graft.workflows.report import SECTIONS
 from tests.conftest import make_image_folder
-from tests.evaluation.test_report import confusion_from_html, parse_report
+from tests.workflows.test_report import confusion_from_html, parse_report
 
 BUNDLE = ["graft.json", "history.csv", "model.safetensors"]
 REPORT = ["report.html", "curves.png", "confusion.png", "confusion_normalized.png", "top_losses.png",

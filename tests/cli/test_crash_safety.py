@@ -18,8 +18,8 @@ from safetensors import safe_open
 
 from graft.cli.main import main
 from graft.data import ImageData
-from graft.training.checkpoint import CHECKPOINT_FILE, read_checkpoint
-from graft.training.learner import Learner, load_learner
+from graft.engine.checkpoint import CHECKPOINT_FILE, read_checkpoint
+from graft.learner.learner import Learner, load_learner
 from tests.cli.test_cli import FAST
 from tests.conftest import make_image_folder
 
@@ -34,7 +34,7 @@ def data(tmp_path_factory) -> Path:
 def test_a_checkpoint_after_every_epoch_then_removed(data: Path, tmp_path: Path, monkeypatch) -> None:
     """Each epoch replaces the checkpoint (atomically); the finished run drops it."""
     seen: list[int] = []
-    from graft.training import fit as fit_module
+    from graft.engine import trainer as fit_module
 
     real = fit_module.save_checkpoint
 

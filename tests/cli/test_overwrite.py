@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from graft.cli.main import main
-from graft.export.bundle import load_bundle
-from graft.fileio import atomic_write, is_temp_file
-from graft.training.checkpoint import CHECKPOINT_FILE
+from graft.engine.checkpoint import CHECKPOINT_FILE
+from graft.infrastructure.fileio import atomic_write, is_temp_file
+from graft.learner.bundle import load_bundle
 from tests.cli.test_cli import BUNDLE, REPORT
 from tests.cli.test_resume import _checkpoint_epoch
 from tests.conftest import make_image_folder

@@ -10,10 +10,10 @@ import sys
 import pytest
 from PIL import Image
 
-from graft.evaluation.report import SECTIONS
+from graft.workflows.report import SECTIONS
 from tests.conftest import shared_dataset
-from tests.evaluation.test_report import confusion_from_html, parse_report
-from tests.evaluation.test_report_browser import assert_renders
+from tests.workflows.test_report import confusion_from_html, parse_report
+from tests.workflows.test_report_browser import assert_renders
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ import pytest
 from safetensors import safe_open
 
 from graft.cli.main import main
-from graft.fileio import sha256_file
-from graft.training.checkpoint import CHECKPOINT_FILE
+from graft.engine.checkpoint import CHECKPOINT_FILE
+from graft.infrastructure.fileio import sha256_file
 from tests.conftest import shared_dataset
 
 # Every phase that keeps state across epochs: cached-feature epochs (their own shuffle generator),

@@ -13,10 +13,10 @@ import torch
 
 from graft.cli.main import main
 from graft.data import ImageData, Preprocessing, channel_stats
-from graft.fileio import sha256_file
-from graft.training import fit as fit_module
-from graft.training.checkpoint import CHECKPOINT_FILE
-from graft.training.learner import load_learner
+from graft.engine import trainer as fit_module
+from graft.engine.checkpoint import CHECKPOINT_FILE
+from graft.infrastructure.fileio import sha256_file
+from graft.learner.learner import load_learner
 from tests.conftest import make_image_folder
 
 RECIPE = [

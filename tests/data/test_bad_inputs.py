@@ -20,7 +20,7 @@ from PIL import Image
 from graft.cli.main import main
 from graft.data import ImageData, load_image
 from graft.data._duplicates import cross_split_duplicates
-from graft.errors import DuplicateImageWarning, GraftError, SkippedFileWarning
+from graft.infrastructure.errors import DuplicateImageWarning, GraftError, SkippedFileWarning
 from tests.conftest import make_image_folder, write_image
 
 CLASSES = {"cat": 6, "dog": 6}

@@ -12,7 +12,7 @@ from PIL import Image
 
 from graft.data import ImageData, load_class_folder
 from graft.data._split import stratified_split
-from graft.errors import GraftError
+from graft.infrastructure.errors import GraftError
 
 
 def _paths(samples) -> set[Path]:

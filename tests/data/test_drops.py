@@ -20,7 +20,7 @@ import pytest
 
 from graft.data._audit import IMBALANCE_RATIO, imbalance_note
 from graft.data.dataset import ImageData, load_class_folder
-from graft.errors import GraftError, SkippedFileWarning
+from graft.infrastructure.errors import GraftError, SkippedFileWarning
 from tests.conftest import make_image_folder, write_image
 
 SIZE = (12, 10)
@@ -55,7 +55,7 @@ def _counts(data: ImageData, split: str) -> dict[str, int]:
 _CHILD = """
 import json, sys, warnings
 from graft.data.dataset import ImageData
-from graft.errors import GraftError
+from graft.infrastructure.errors import GraftError
 kwargs = json.loads(sys.argv[2])
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")

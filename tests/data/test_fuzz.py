@@ -20,7 +20,7 @@ from PIL import Image
 
 from graft.data._csv import NA_LABELS, read_labels_csv
 from graft.data.images import check_image, load_image, skip_kind
-from graft.errors import GraftError
+from graft.infrastructure.errors import GraftError
 
 FUZZ = settings(derandomize=True, database=None, deadline=2000, max_examples=250)
 

@@ -18,7 +18,7 @@ from graft.data.images import (
     list_images,
     load_image,
 )
-from graft.errors import LargeImageWarning
+from graft.infrastructure.errors import LargeImageWarning
 
 
 def _rgb(path: Path, size=(40, 30), color=(200, 30, 30)) -> Path:

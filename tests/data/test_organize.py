@@ -14,7 +14,7 @@ import pytest
 
 from graft.data import ImageData
 from graft.data.organize import RECORD_FILE, class_name_problem, organize
-from graft.errors import GraftError, SkippedFileWarning
+from graft.infrastructure.errors import GraftError, SkippedFileWarning
 from tests.conftest import PALETTE, make_image_folder, shared_dataset, write_image
 
 # 8 + 6 + 5 + 1 images: "solo" has a single image, which must stay in train.

@@ -7,7 +7,7 @@ import pytest
 from graft.data import ImageData, load_image
 from graft.data.loaders import ImageFileDataset
 from graft.data.transforms import Preprocessing, eval_transform
-from graft.errors import DuplicateImageWarning
+from graft.infrastructure.errors import DuplicateImageWarning
 
 
 def _counts(data: ImageData) -> dict[str, int]:

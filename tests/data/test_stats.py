@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from graft.data import Preprocessing, Sample, channel_stats
-from graft.errors import GraftError
+from graft.infrastructure.errors import GraftError
 
 PRE = Preprocessing(input_size=16, crop_pct=1.0)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graft.errors import GraftError
 from graft.evaluation.submission import read_sample_submission, write_submission
+from graft.infrastructure.errors import GraftError
 from tests.conftest import shared_dataset
 
 CLASSES = ["ant", "bee", "cat"]

@@ -15,12 +15,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from graft import GraftError, ImageData, Learner, checks, load_learner
+from graft import GraftError, ImageData, Learner, load_learner
 from graft.cli.main import main
 from graft.data.transforms import Preprocessing
 from graft.export.exporters import export
 from graft.export.onnx_runtime import META_KEY, OnnxClassifier
-from graft.fileio import default_mode
+from graft.infrastructure import checks
+from graft.infrastructure.fileio import default_mode
 from tests.conftest import make_image_folder
 
 

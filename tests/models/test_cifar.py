@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from graft.errors import GraftError
+from graft.infrastructure.errors import GraftError
 from graft.models import body_blocks, build_model, create_model, list_architectures, resolve_arch
 from graft.models.cifar import CIFAR10_MEAN, CIFAR10_STD, cifar_resnet18
 

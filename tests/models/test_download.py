@@ -19,7 +19,7 @@ import torch
 import torchvision
 from huggingface_hub import try_to_load_from_cache
 
-from graft.errors import GraftError
+from graft.infrastructure.errors import GraftError
 from graft.models import create_model, fetch_weights, find_pretrained
 from graft.models import download as dl
 from graft.models.weights import torchvision_compat

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from graft.errors import GraftError
+from graft.infrastructure.errors import GraftError
 from graft.models import ModelSpec, create_model, head_parameters
 
 N = 3

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from graft.errors import GraftError
+from graft.infrastructure.errors import GraftError
 from graft.models import list_architectures, resolve_arch
 
 

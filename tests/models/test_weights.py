@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from graft.errors import GraftError
+from graft.infrastructure.errors import GraftError
 from graft.models import create_model, find_pretrained, read_state_dict
 
 RESNET18_FILE = "resnet18-f37072fd.pth"  # basename of ResNet18_Weights.DEFAULT.url

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from graft import load_learner
-from graft.errors import GraftError
+from graft.infrastructure.errors import GraftError
 from graft.serving.app import create_app
 
 

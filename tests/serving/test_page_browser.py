@@ -5,7 +5,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.evaluation.test_report_browser import CHROMIUM, FLAGS
+from tests.workflows.test_report_browser import CHROMIUM, FLAGS
 
 pytestmark = pytest.mark.slow
 

@@ -6,13 +6,13 @@ import argparse
 import time
 from pathlib import Path
 
-from graft.errors import GraftError
-from graft.text import plural
+from graft.infrastructure.errors import GraftError
+from graft.infrastructure.text import plural
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from graft.evaluation.report import write_report
-    from graft.training.learner import load_learner
+    from graft.learner.learner import load_learner
+    from graft.workflows.report import write_report
 
     learn = load_learner(args.run, device=args.device, precision=args.precision)
     data = args.data or learn.config.data
@@ -41,8 +41,8 @@ def _default_out(data: str, what: str) -> str:
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from graft.cli.config_args import config_from_args
     from graft.evaluation.plots import save_png
-    from graft.fileio import atomic_write_text
-    from graft.training.learner import Learner
+    from graft.infrastructure.fileio import atomic_write_text
+    from graft.learner.learner import Learner
 
     cfg = config_from_args(args)
     if cfg.lr == "auto":
@@ -67,7 +67,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from graft.cli.config_args import config_from_args
-    from graft.training.compare import compare
+    from graft.workflows.compare import compare
 
     cfg = config_from_args(args)
     out = Path(cfg.out or _default_out(cfg.data, "compare"))
@@ -101,7 +101,7 @@ def add_tta_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """``--device`` and ``--precision`` of the commands that run a trained model."""
-    from graft.config import INFERENCE_PRECISIONS
+    from graft.infrastructure.config import INFERENCE_PRECISIONS
 
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument(

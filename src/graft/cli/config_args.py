@@ -1,4 +1,5 @@
-"""Command-line flags generated from :class:`graft.config.TrainConfig`, so the two never drift apart."""
+"""Command-line flags generated from :class:`~graft.infrastructure.config.TrainConfig`, so the two
+never drift apart."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import types
 import typing
 from collections.abc import Collection
 
-from graft.config import TrainConfig
+from graft.infrastructure.config import TrainConfig
 
 
 def _base_type(annotation: object) -> object:

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from graft.config import TrainConfig
-from graft.evaluation.report import write_report
-from graft.training.learner import Learner
+from graft.infrastructure.config import TrainConfig
+from graft.learner.learner import Learner
+from graft.workflows.report import write_report
 
 # A short fine-tune at a small input size: digits are 8×8, so 224 px would only cost time.
 DEMO_CONFIG = dict(

@@ -8,8 +8,8 @@ import argparse
 
 def cmd_export(args: argparse.Namespace) -> int:
     from graft.export.exporters import PARITY_TOLERANCE, export
-    from graft.text import plural
-    from graft.training.learner import load_learner
+    from graft.infrastructure.text import plural
+    from graft.learner.learner import load_learner
 
     learn = load_learner(args.run, device="cpu")
     learn.config.out = args.run  # the default output folder

@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from graft.errors import GraftError
+from graft.infrastructure.errors import GraftError
 
 EXIT_USAGE = 2
 
@@ -25,7 +25,7 @@ _skips_shown = 0
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     global _skips_shown
-    from graft.errors import SkippedFileWarning
+    from graft.infrastructure.errors import SkippedFileWarning
 
     if issubclass(category, SkippedFileWarning):
         _skips_shown += 1
@@ -39,7 +39,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from graft.cli.analysis import tta_from_args
-    from graft.training.learner import load_learner
+    from graft.learner.learner import load_learner
 
     learn = load_learner(args.run, device=args.device, precision=args.precision)
     result = learn.evaluate(args.data, split=args.split, tta=tta_from_args(args), batch_size=args.batch_size)
@@ -104,8 +104,8 @@ def _fetch_models(names: list[str]) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from graft.export.bundle import read_meta
-    from graft.training.runtime import PrecisionPlan
+    from graft.infrastructure.runtime import PrecisionPlan
+    from graft.learner.bundle import read_meta
 
     meta = read_meta(args.run)
     if args.json:

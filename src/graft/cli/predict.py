@@ -7,14 +7,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from graft.errors import GraftError
-from graft.text import plural
+from graft.infrastructure.errors import GraftError
+from graft.infrastructure.text import plural
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from graft.evaluation.predictions import Prediction
     from graft.evaluation.stream import StreamResult
+    from graft.inference.predictions import Prediction
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -45,7 +45,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise GraftError("--precision is for a run folder: an ONNX model runs as exported (fp32)")
         model = OnnxClassifier(args.run)
     else:
-        from graft.training.learner import load_learner
+        from graft.learner.learner import load_learner
 
         model = load_learner(args.run, device=args.device, precision=args.precision)
     if args.submission:  # a sample that does not fit the model fails now, not after predicting

@@ -4,7 +4,7 @@ A run folder is only ever in one of these states, whenever the process is killed
 finished run (``graft.json`` vouching for ``model.safetensors``), a resumable one
 (``checkpoint.safetensors``, newer than anything beside it), or nothing yet. ``--overwrite``
 keeps the old run whole until the new one has its first checkpoint
-(:mod:`graft.training.run_folder`); temporary files of a killed attempt are deleted when a run
+(:mod:`graft.engine.run_folder`); temporary files of a killed attempt are deleted when a run
 starts, and none is left when it finishes.
 """
 
@@ -18,17 +18,18 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from graft.errors import GraftError
+from graft.infrastructure.errors import GraftError
 
 if TYPE_CHECKING:
-    from graft.config import TrainConfig
     from graft.evaluation.interpret import Interpretation
-    from graft.training.distributed import World
-    from graft.training.learner import Learner
+    from graft.infrastructure.config import TrainConfig
+    from graft.infrastructure.distributed import World
+    from graft.learner.learner import Learner
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from graft.training import distributed, run_folder
+    from graft.engine import run_folder
+    from graft.infrastructure import distributed
 
     out, raw, cfg, ranks = _train_target(args)
     if not ranks.is_main:
@@ -62,8 +63,8 @@ def _train_target(args: argparse.Namespace) -> tuple[Path, TrainConfig | None, T
     """The run folder, the options as given and resolved (None on --resume: the checkpoint holds
     them) and the processes; refuses a folder that must not be written."""
     from graft.cli.config_args import config_from_args
-    from graft.training import distributed
-    from graft.training.checkpoint import CHECKPOINT_FILE
+    from graft.engine.checkpoint import CHECKPOINT_FILE
+    from graft.infrastructure import distributed
 
     if args.resume:
         _check_resume_args(args)
@@ -91,7 +92,7 @@ def _train_learner(
     args: argparse.Namespace, out: Path, raw: TrainConfig | None, cfg: TrainConfig | None
 ) -> tuple[Learner, TrainConfig]:
     """The learner to train (rebuilt from the checkpoint on --resume) and its options."""
-    from graft.training.learner import Learner, resume_learner
+    from graft.learner.learner import Learner, resume_learner
 
     if raw is None:
         learn = resume_learner(out, device=args.device)
@@ -104,7 +105,7 @@ def _train_learner(
 
 def _print_setup(learn: Learner, cfg: TrainConfig, ranks: World) -> None:
     """The data and model lines at the top of the training log."""
-    from graft.training import distributed
+    from graft.infrastructure import distributed
 
     data = learn.data
     print(f"data: {data.root} (layout: {data.layout}, {len(data.classes)} classes)")
@@ -138,8 +139,8 @@ def _evaluate_trained(learn: Learner, report: bool) -> Interpretation | None:
 def _save_run(learn: Learner, out: Path) -> None:
     """Write the finished run; the checkpoint stays until the report is written too, so a kill
     before then is resumed (from the last epoch: only the evaluation runs again)."""
-    from graft.training import run_folder
-    from graft.training.checkpoint import CHECKPOINT_FILE
+    from graft.engine import run_folder
+    from graft.engine.checkpoint import CHECKPOINT_FILE
 
     run_folder.settle(out)  # an old run no checkpoint replaced goes now, not beside the new one
     try:
@@ -158,7 +159,7 @@ def _write_report(learn: Learner, interp: Interpretation | None, out: Path, want
     if interp is None:
         print("report: skipped (no val or labeled test split to show)")
         return
-    from graft.evaluation.report import write_report
+    from graft.workflows.report import write_report
 
     t0 = time.perf_counter()
     path = write_report(learn, interp, out)
@@ -167,8 +168,8 @@ def _write_report(learn: Learner, interp: Interpretation | None, out: Path, want
 
 def _finish_run(out: Path) -> None:
     """The run is complete: no temporary file stays in it, then the checkpoint goes."""
-    from graft.training import run_folder
-    from graft.training.checkpoint import remove_checkpoint
+    from graft.engine import run_folder
+    from graft.engine.checkpoint import remove_checkpoint
 
     run_folder.tidy(out)
     remove_checkpoint(out)  # the finished run replaces it
@@ -176,7 +177,7 @@ def _finish_run(out: Path) -> None:
 
 def _check_resume_args(args: argparse.Namespace) -> None:
     """``--resume RUN`` takes every option from the run; only where it runs may change."""
-    from graft.config import TrainConfig
+    from graft.infrastructure.config import TrainConfig
 
     given = [
         "DATA" if f.name == "data" else "--" + f.name.replace("_", "-")
@@ -199,8 +200,8 @@ def _fmt(values: tuple[float, ...]) -> str:
 def _check_out_folder(out: Path, data: Path) -> None:
     """Refuse a run folder inside the dataset (the next scan would read it as a class) or a
     folder of the user's own files (a run would overwrite those of the same names)."""
-    from graft.fileio import is_temp_file
-    from graft.training.checkpoint import CHECKPOINT_FILE
+    from graft.engine.checkpoint import CHECKPOINT_FILE
+    from graft.infrastructure.fileio import is_temp_file
 
     resolved, root = out.resolve(), data.resolve()
     if resolved == root or root in resolved.parents:
@@ -213,8 +214,8 @@ def _check_out_folder(out: Path, data: Path) -> None:
 
 def _check_no_run(out: Path, overwrite: bool) -> None:
     """Refuse to clobber a finished or interrupted run unless asked to. Nothing is deleted here:
-    with ``overwrite`` the old run goes once the new one is resumable (:mod:`graft.training.run_folder`)."""
-    from graft.training.checkpoint import CHECKPOINT_FILE
+    with ``overwrite`` the old run goes once the new one is resumable (:mod:`graft.engine.run_folder`)."""
+    from graft.engine.checkpoint import CHECKPOINT_FILE
 
     if overwrite:
         return
@@ -229,7 +230,7 @@ def _check_no_run(out: Path, overwrite: bool) -> None:
 
 def _check_writable(out: Path) -> None:
     """Fail before training, not after, when the run folder cannot be written."""
-    from graft.fileio import temp_file
+    from graft.infrastructure.fileio import temp_file
 
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -242,8 +243,8 @@ def _prepare_out(out: Path, resumed: bool) -> None:
     """Rank 0, before training: the run folder can be written, and nothing a killed earlier
     attempt left is in it (its temporary files; on a resume, all but the checkpoint: the old
     run an --overwrite was replacing, or half a final save)."""
-    from graft.training import run_folder
-    from graft.training.checkpoint import CHECKPOINT_FILE
+    from graft.engine import run_folder
+    from graft.engine.checkpoint import CHECKPOINT_FILE
 
     _check_writable(out)
     if resumed:

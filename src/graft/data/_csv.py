@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 from graft.data._audit import Unlisted, audit_entries
 from graft.data._scan import Scan, lost_reason
 from graft.data.images import IMAGE_EXTENSIONS, list_images
-from graft.errors import GraftError
+from graft.infrastructure.errors import GraftError
+from graft.infrastructure.fileio import read_csv_rows
 
 # Labels that mean "no label": pandas reads these as NaN (its default na_values) and writes NaN
 # as "" (or "nan" after .astype(str)), so a CSV saved from a DataFrame with gaps holds them.
@@ -17,34 +16,6 @@ NA_LABELS = frozenset(
     {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
      "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
 )  # fmt: skip
-
-
-def read_csv_rows(path: Path, what: str, *, empty_hint: str = "") -> list[list[str]]:
-    """The non-blank rows of a CSV file, header first, read with the ``csv`` module.
-
-    Args:
-        path: The file.
-        what: How errors name it, e.g. ``"labels file"``.
-        empty_hint: Appended to the error for a file with no rows.
-
-    Raises:
-        GraftError: A missing, unreadable, non-UTF-8, malformed or empty file, or a folder.
-    """
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: Excel writes a BOM before the header
-    except FileNotFoundError:
-        raise GraftError(f"{what} {path} not found") from None
-    except IsADirectoryError:
-        raise GraftError(f"{what} {path} is a folder, not a CSV file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise GraftError(f"cannot read {what} {path}: {e}") from None
-    try:
-        rows = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
-    except csv.Error as e:
-        raise GraftError(f"{what} {path} is not valid CSV: {e}") from None
-    if not rows:
-        raise GraftError(f"{what} {path} is empty{empty_hint}")
-    return rows
 
 
 def read_labels_csv(path: Path) -> tuple[dict[str, str], str, list[str]]:

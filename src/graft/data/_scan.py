@@ -22,8 +22,9 @@ from graft.data._audit import (
 )
 from graft.data._duplicates import cross_split_duplicates, describe
 from graft.data.images import Ignored, check_image, list_images, skip_kind
-from graft.errors import DuplicateImageWarning, GraftError, SkippedFileWarning
-from graft.text import plural
+from graft.infrastructure.errors import DuplicateImageWarning, GraftError, SkippedFileWarning
+from graft.infrastructure.fileio import inside
+from graft.infrastructure.text import plural, preview
 
 VAL_NAMES = ("val", "valid", "validation")
 
@@ -290,14 +291,3 @@ def classes_from(
     if len(classes) == 1:
         raise GraftError(f"only one class ({classes[0]!r}) in {where}: a classifier needs at least two")
     return classes
-
-
-def preview(names: list[str], n: int = 20) -> str:
-    """The first ``n`` names, comma-separated (error messages must stay one readable line)."""
-    more = f", ... ({len(names)} in all)" if len(names) > n else ""
-    return ", ".join(names[:n]) + more
-
-
-def inside(path: Path, root: Path) -> bool:
-    """True if ``path`` is ``root`` or below it (lexically, so records stay relative)."""
-    return os.path.commonpath([os.path.abspath(path), os.path.abspath(root)]) == os.path.abspath(root)

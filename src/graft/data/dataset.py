@@ -15,15 +15,14 @@ from graft.data._scan import (
     child,
     classes_from,
     descend,
-    inside,
-    preview,
     skipped_line,
     subdirs,
 )
 from graft.data._split import stratified_split
 from graft.data.images import list_images
-from graft.errors import GraftError
-from graft.text import plural
+from graft.infrastructure.errors import GraftError
+from graft.infrastructure.fileio import inside
+from graft.infrastructure.text import plural, preview
 
 _MAX_SUMMARY_ROWS = 30
 
@@ -187,7 +186,8 @@ class ImageData:
         splits: ``"train"`` and ``"val"`` always; ``"test"`` when present. An unlabeled flat
             test/ folder gives Samples with label None.
         skipped: (path, reason) for every image file that was skipped (undecodable, truncated,
-            empty, ...); each was also warned about as a :class:`~graft.errors.SkippedFileWarning`.
+            empty, ...); each was also warned about as a
+            :class:`~graft.infrastructure.errors.SkippedFileWarning`.
         notes: Human-readable remarks made while loading (e.g. small classes kept in train, hidden
             files, unreadable folders and files beside the class folders ignored, classes with no
             val images, extreme imbalance, byte-identical images across splits).

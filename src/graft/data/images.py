@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from graft.errors import LargeImageWarning
+from graft.infrastructure.errors import LargeImageWarning
 
 # Lower-case suffixes treated as images. Anything else (and any hidden file) is left out of listings;
 # list_images can report what it left out (see Ignored).

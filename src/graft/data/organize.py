@@ -21,12 +21,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from graft.data._scan import Scan, inside, skipped_line
+from graft.data._scan import Scan, skipped_line
 from graft.data.dataset import ImageData, Sample
 from graft.data.images import list_images
-from graft.errors import GraftError
-from graft.fileio import default_mode
-from graft.text import plural
+from graft.infrastructure.errors import GraftError
+from graft.infrastructure.fileio import default_mode, inside
+from graft.infrastructure.text import plural
 
 LINK_MODES = ("auto", "hardlink", "symlink", "copy")
 RECORD_FILE = "organize.json"
@@ -387,7 +387,7 @@ def _record(
     folders: dict[str, list[list[Sample]]],
 ) -> dict:
     """``organize.json``: where the data came from, how it was split and placed, the counts."""
-    from graft import __version__
+    from graft.infrastructure.version import __version__
 
     tally = {name: Counter(s.label for part in parts for s in part) for name, parts in folders.items()}
     per_class = {

@@ -8,7 +8,7 @@ from pathlib import Path
 from graft.data._scan import VAL_NAMES, child
 from graft.data.dataset import ImageData, Sample, load_class_folder
 from graft.data.images import is_image_file, list_images
-from graft.errors import GraftError
+from graft.infrastructure.errors import GraftError
 
 
 def eval_samples(

@@ -11,7 +11,7 @@ from torchvision import transforms as T
 from graft.data.dataset import Sample
 from graft.data.loaders import make_loader
 from graft.data.transforms import Preprocessing, ResizeCenterCrop
-from graft.errors import GraftError
+from graft.infrastructure.errors import GraftError
 
 # Images read for the statistics at most: a seeded sample of a larger split.
 MAX_STAT_IMAGES = 5000

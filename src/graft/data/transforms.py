@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from graft import checks
 from graft.data.resize import center_crop_box
+from graft.infrastructure import checks
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from graft.fileio import atomic_write
+from graft.infrastructure.fileio import atomic_write
 
 PHASE_COLORS = {"frozen": "#dbe9f6", "unfrozen": "#fde8d0", "full": "#e3f1dc"}
 
@@ -130,24 +130,6 @@ def plot_image_grid(items: Sequence[tuple[Image.Image, str, str]], cols: int = 4
     for ax, (image, caption, color) in zip(axes, items, strict=False):
         ax.imshow(image)
         ax.set_title(caption, fontsize=8, color=color)
-    fig.tight_layout()
-    return fig
-
-
-def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestion: float | None) -> Figure:
-    """Smoothed loss against learning rate (log scale), with the suggested rate marked."""
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    ax.plot(lrs, losses)
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("loss (smoothed)")
-    ax.grid(alpha=0.3)
-    if suggestion is not None and len(lrs):
-        y = float(np.interp(math.log10(suggestion), np.log10(lrs), losses))
-        ax.plot([suggestion], [y], "o", color="tab:red", label=f"suggested {suggestion:.2e}")
-        ax.legend(loc="best")
-    ax.set_title("learning-rate range test")
     fig.tight_layout()
     return fig
 

@@ -26,10 +26,10 @@ from typing import Protocol
 import numpy as np
 
 from graft.data.selection import expand_paths
-from graft.errors import GraftError
-from graft.evaluation.predictions import Prediction
-from graft.evaluation.predictions import top_k as top_k_predictions
-from graft.fileio import atomic_write
+from graft.inference.predictions import Prediction
+from graft.inference.predictions import top_k as top_k_predictions
+from graft.infrastructure.errors import GraftError
+from graft.infrastructure.fileio import atomic_write, cannot_write
 
 #: Images per chunk: a multiple of every inference batch size graft picks (8 to 64).
 DEFAULT_CHUNK_SIZE = 512
@@ -61,22 +61,9 @@ class StreamResult:
     seconds: float
 
 
-def cannot_write(path: str | Path, error: OSError, saved: str = "") -> GraftError:
-    """The one-line error for an OSError met writing ``path`` (a read-only file system, a full
-    disk, a file where a folder should be): what the system said, the path it named when that is
-    another one, and ``saved``, a note on what was kept."""
-    reason = error.strerror or str(error) or type(error).__name__
-    blocker = next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)
-    if isinstance(error, FileExistsError | NotADirectoryError) and blocker is not None:
-        reason = f"{blocker} is a file, not a folder"
-    elif error.filename and str(error.filename) != str(path):
-        reason += f" ({error.filename})"
-    return GraftError(f"cannot write {path}: {reason}" + (f"; {saved}" if saved else ""))
-
-
 def csv_header(classes: Sequence[str], k: int) -> list[str]:
     """The columns of a predictions CSV: ``path,label,prob`` then ``label_j,prob_j`` up to top-k
-    (k clamped to 1..number of classes, as :func:`~graft.evaluation.predictions.top_k` does)."""
+    (k clamped to 1..number of classes, as :func:`~graft.inference.predictions.top_k` does)."""
     k = max(1, min(k, len(classes)))
     return ["path", "label", "prob", *(f"{c}_{j}" for j in range(2, k + 1) for c in ("label", "prob"))]
 

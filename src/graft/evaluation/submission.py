@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from graft.data._csv import read_csv_rows
-from graft.errors import GraftError
-from graft.fileio import atomic_write_text
-from graft.text import plural
+from graft.infrastructure.errors import GraftError
+from graft.infrastructure.fileio import atomic_write_text, read_csv_rows
+from graft.infrastructure.text import plural
 
 SUBMISSION_FORMATS = ("probs", "label")
 

@@ -17,15 +17,14 @@ import torch
 
 from graft.data.dataset import Sample
 from graft.data.selection import eval_samples, expand_paths
-from graft.errors import GraftError
-from graft.evaluation.inference import predict_probs
-from graft.evaluation.stream import cannot_write
 from graft.export.onnx_runtime import META_KEY
-from graft.fileio import atomic_write, temp_file
-from graft.text import plural
+from graft.inference.predict import predict_probs
+from graft.infrastructure.errors import GraftError
+from graft.infrastructure.fileio import atomic_write, cannot_write, temp_file
+from graft.infrastructure.text import plural
 
 if TYPE_CHECKING:
-    from graft.training.learner import Learner
+    from graft.learner.learner import Learner
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 # Largest allowed difference in any class probability between the export and the PyTorch model.

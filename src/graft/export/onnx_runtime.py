@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from graft import checks
 from graft.data.images import load_image
 from graft.data.resize import resize_center_crop
 from graft.data.selection import expand_paths
-from graft.errors import GraftError
-from graft.text import plural
+from graft.infrastructure import checks
+from graft.infrastructure.errors import GraftError
+from graft.infrastructure.text import plural
 
 META_KEY = "graft"
 # The metadata format this version writes and reads (``format`` in the metadata).

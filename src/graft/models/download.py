@@ -38,8 +38,8 @@ import timm
 import torch
 from tqdm.auto import tqdm
 
-from graft.errors import GraftError
-from graft.fileio import sha256_file
+from graft.infrastructure.errors import GraftError
+from graft.infrastructure.fileio import sha256_file
 from graft.models import registry
 from graft.models.weights import read_state_dict
 

@@ -16,9 +16,9 @@ import timm
 import torchvision
 from torch import nn
 
-from graft import checks
 from graft.data.transforms import Preprocessing
-from graft.errors import GraftError
+from graft.infrastructure import checks
+from graft.infrastructure.errors import GraftError
 from graft.models import catalog, cifar, download, registry
 from graft.models.heads import replace_heads, split_body, timm_head_names, torchvision_head_names
 from graft.models.weights import (

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from graft.errors import GraftError
+from graft.infrastructure.errors import GraftError
 
 # Expand body blocks until there are at least this many (a resnet has six: conv1, bn1, layer1-4).
 MIN_BLOCKS = 6

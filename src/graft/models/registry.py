@@ -19,7 +19,7 @@ import torch
 import torchvision
 from huggingface_hub import try_to_load_from_cache
 
-from graft.errors import GraftError
+from graft.infrastructure.errors import GraftError
 from graft.models import cifar
 
 SOURCES = ("graft", "timm", "torchvision")

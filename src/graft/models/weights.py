@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from graft.errors import GraftError
+from graft.infrastructure.errors import GraftError
 
 # Keys under which training scripts commonly wrap the state_dict.
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")

@@ -33,8 +33,8 @@ from starlette.requests import ClientDisconnect
 
 from graft.data.images import load_image
 from graft.data.transforms import eval_transform
-from graft.errors import GraftError
-from graft.evaluation.predictions import top_k
+from graft.inference.predictions import top_k
+from graft.infrastructure.errors import GraftError
 from graft.serving.batcher import Batcher
 from graft.serving.budget import PixelBudget
 from graft.serving.page import PAGE
@@ -172,7 +172,7 @@ def create_app(
     Raises:
         GraftError: A limit out of range, or the run folder is not a valid run.
     """
-    from graft.training.learner import load_learner
+    from graft.learner.learner import load_learner
 
     _check_limits(
         max_upload_mb=max_upload_mb,
@@ -283,7 +283,7 @@ class _ImageReader:
 
 def _top(names: list[str], probs, classes: list[str], k: int) -> list[dict]:
     """The ``k`` classes of each row of ``probs``, best first, ties in class order (as
-    ``graft predict`` orders them: both use :func:`~graft.evaluation.predictions.top_k`)."""
+    ``graft predict`` orders them: both use :func:`~graft.inference.predictions.top_k`)."""
     out = []
     for name, pred in zip(names, top_k(probs, names, classes, k), strict=True):
         top = [{"label": c, "prob": round(p, 6)} for c, p in zip(pred.labels, pred.probs, strict=True)]

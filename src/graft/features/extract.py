@@ -1,0 +1,270 @@
+"""Frozen-body features: the head's input, computed once per image and view, then reused.
+
+While the body is frozen (``mode features`` and the frozen epochs of ``finetune``), every epoch
+would push the same images through the same fixed network. Instead graft runs the body once per
+image and per *view* (the eval view, plus seeded augmented views when augmentation is on), keeps
+the vectors that enter the head, and trains the head on them: an epoch then costs milliseconds.
+The vectors live in a :class:`~graft.features.cache.FeatureCache`, so a second run, or
+``graft evaluate`` of a run whose body was never unfrozen, does not even decode the images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from graft.data.dataset import Sample
+from graft.data.images import load_image
+from graft.data.loaders import inference_workers
+from graft.data.transforms import (
+    Preprocessing,
+)
+from graft.features.cache import FeatureCache, file_hash, tensor_hash
+from graft.features.views import View
+from graft.infrastructure.distributed import all_gather, broadcast, quiet, shard, unshard, world
+from graft.infrastructure.memory import Pieces
+from graft.infrastructure.runtime import autocast, channels_last
+from graft.models import ModelSpec
+from graft.models.fuse import inference_model
+
+# Bump when the meaning of a cached vector changes (what is hooked, how views are made).
+CACHE_FORMAT = 1
+
+
+def feature_head(model: nn.Module, spec: ModelSpec) -> nn.Module | None:
+    """The head module, when it can be trained on cached vectors: one head whose first layer is a
+    Linear. None for conv heads (squeezenet) and for several heads (inception's auxiliary one)."""
+    if len(spec.head_names) != 1:
+        return None
+    head = model.get_submodule(spec.head_names[0])
+    first = head[0] if isinstance(head, nn.Sequential) and len(head) else head
+    return head if isinstance(first, nn.Linear) else None
+
+
+def pre_head_dropout(model: nn.Module, spec: ModelSpec) -> float:
+    """The dropout the full model applies to the head's input in training mode, so cached training
+    matches it: timm's ``drop_rate``, or an ``nn.Dropout`` just before the head (torchvision)."""
+    rate = getattr(model, "drop_rate", None)
+    if spec.source == "timm" and isinstance(rate, int | float):
+        return float(rate)
+    parent_name, _, attr = spec.head_names[0].rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if isinstance(parent, nn.Sequential):
+        names = [n for n, _ in parent.named_children()]
+        i = names.index(attr)
+        if i > 0 and isinstance(parent[i - 1], nn.Dropout):
+            return float(parent[i - 1].p)
+    return 0.0
+
+
+def body_key(model: nn.Module, spec: ModelSpec, pre: Preprocessing, precision: str) -> str:
+    """The cache key of the body: architecture, every non-head tensor, preprocessing, precision."""
+    heads = tuple(spec.head_names)
+    body = [
+        (k, v)
+        for k, v in model.state_dict().items()
+        if not any(k == h or k.startswith(h + ".") for h in heads)
+    ]
+    extra = {
+        "format": CACHE_FORMAT,
+        "arch": spec.arch,
+        "source": spec.source,
+        "build_kwargs": spec.build_kwargs,
+        "preprocessing": pre.to_dict(),
+        "precision": precision,
+    }
+    return tensor_hash(body, extra)
+
+
+@dataclass
+class Features:
+    """Head-input vectors of the decodable samples.
+
+    Attributes:
+        vectors: ``(n, views, dim)`` float32.
+        index: Sample index of each row (into the samples given).
+        failed: Indices of samples that could not be read or decoded.
+        computed: How many vectors were computed now rather than read from the cache.
+    """
+
+    vectors: torch.Tensor
+    index: torch.Tensor
+    failed: list[int]
+    computed: int
+
+
+class _ViewDataset(Dataset):
+    """Decodes each image once and returns the views it still needs, stacked."""
+
+    def __init__(self, items: list[tuple[Path, str, list[View]]], min_size: int) -> None:
+        self.items, self.min_size = items, min_size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int]:
+        path, digest, views = self.items[i]
+        try:
+            image = load_image(path, self.min_size)
+        except Exception:  # reported as failed, like the training loaders do
+            return None, i
+        out = []
+        for view in views:
+            if view.seed is not None:
+                # Same file content + same view => same random crop/flip/jitter, in any worker.
+                torch.manual_seed(int(digest[:12], 16) ^ view.seed)
+            out.append(view.transform(image))
+        return torch.stack(out), i
+
+
+def _collate(items: list) -> list:
+    return items
+
+
+def extract_features(
+    model: nn.Module,
+    spec: ModelSpec,
+    pre: Preprocessing,
+    jobs: Sequence[tuple[Sequence[Sample], list[View]]],
+    device: torch.device,
+    *,
+    cache: FeatureCache | None,
+    precision: str = "fp32",
+    batch_size: int = 16,
+    workers: int | None = None,
+    desc: str = "features",
+) -> list[Features]:
+    """Head-input vectors for each job ``(samples, views)``, from ``cache`` where present.
+
+    What is missing is computed in one pass by a BatchNorm-folded eval copy of ``model``
+    (:func:`~graft.models.fuse.inference_model`), with a hook on its head's input, and added to
+    ``cache``. Nothing is decoded or folded when everything is cached.
+
+    Args:
+        batch_size: Network inputs per forward pass (images × views needing computation).
+    """
+    hashes: list[list[str | None]] = []
+    for samples, _ in jobs:
+        row = []
+        for s in samples:
+            try:
+                row.append(file_hash(s.path))
+            except OSError:
+                row.append(None)
+        hashes.append(row)
+    keys = [
+        [[f"{v.key}:{h}" for v in views] if h else [] for h in row]
+        for (_, views), row in zip(jobs, hashes, strict=True)
+    ]
+    wanted = [k for job in keys for ks in job for k in ks]
+    ranks = world()
+    # Under torch.distributed rank 0 alone reads (and later writes) the cache, so every rank
+    # agrees on what is missing even when each machine has its own cache folder.
+    found = cache.get(wanted) if cache is not None and ranks.is_main else {}
+    found = broadcast(found)
+    # One entry per image that still lacks a view: (job, sample index, views to compute).
+    todo = [
+        (j, i, [v for v, k in enumerate(ks) if k not in found])
+        for j, job in enumerate(keys)
+        for i, ks in enumerate(job)
+        if any(k not in found for k in ks)
+    ]
+    failed: list[set[int]] = [{i for i, h in enumerate(row) if h is None} for row in hashes]
+    new: dict[str, torch.Tensor] = {}
+    if todo:
+        # Each rank computes every size-th missing image; the parts are gathered on all ranks.
+        items = [
+            (jobs[j][0][i].path, hashes[j][i], [jobs[j][1][v] for v in vs]) for j, i, vs in shard(todo, ranks)
+        ]
+        out = _compute(model, spec, pre, items, device, precision, batch_size, workers, desc) if items else []
+        if ranks.enabled:
+            out = unshard(all_gather(out), len(todo))
+        for (j, i, vs), vectors in zip(todo, out, strict=True):
+            if vectors is None:
+                failed[j].add(i)
+                continue
+            new.update((keys[j][i][v], vec) for v, vec in zip(vs, vectors, strict=True))
+        if cache is not None and ranks.is_main:
+            cache.put(new)
+    found.update(new)
+    results = []
+    for j, (samples, views) in enumerate(jobs):
+        ok = [i for i in range(len(samples)) if i not in failed[j]]
+        vectors = (
+            torch.stack([torch.stack([found[k] for k in keys[j][i]]) for i in ok])
+            if ok
+            else torch.empty(0, len(views), 0)
+        )
+        computed = sum(k in new for ks in keys[j] for k in ks)
+        results.append(Features(vectors, torch.tensor(ok, dtype=torch.long), sorted(failed[j]), computed))
+    return results
+
+
+def _compute(
+    model: nn.Module,
+    spec: ModelSpec,
+    pre: Preprocessing,
+    items: list[tuple[Path, str, list[View]]],
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    workers: int | None,
+    desc: str,
+) -> list[torch.Tensor | None]:
+    """Run a folded copy of the model over ``items`` (path, content hash, views); one
+    ``(views, dim)`` tensor per item, None where the image could not be decoded."""
+    fast = inference_model(model, pre.input_size, device)
+    captured: list[torch.Tensor] = []
+    hook = fast.get_submodule(spec.head_names[0]).register_forward_hook(
+        lambda m, args, out: captured.append(args[0])
+    )
+    per_batch = max(1, batch_size // max(len(views) for _, _, views in items))
+    workers = inference_workers(device) if workers is None else workers
+    loader = DataLoader(
+        _ViewDataset(items, pre.resize_size),
+        batch_size=per_batch,
+        num_workers=min(workers, len(items) // per_batch),
+        collate_fn=_collate,
+    )
+    out: list[torch.Tensor | None] = [None] * len(items)
+    pieces = Pieces("feature extraction")
+
+    def body(x: torch.Tensor) -> torch.Tensor:
+        captured.clear()
+        with autocast(device, precision):
+            fast(channels_last(x))
+        return captured[0].float().cpu()
+
+    try:
+        with torch.inference_mode():
+            for batch in tqdm(loader, desc=desc, leave=False, unit="batch", disable=quiet()):
+                ok = [(x, n) for x, n in batch if x is not None]
+                if not ok:
+                    continue
+                x = torch.cat([x for x, _ in ok]).to(device, non_blocking=True)
+                vectors = torch.cat(pieces.run(body, x))
+                row = 0
+                for x, n in ok:
+                    out[n] = vectors[row : row + len(x)].clone()
+                    row += len(x)
+    finally:
+        hook.remove()
+    return out
+
+
+@torch.inference_mode()
+def head_logits(head: nn.Module, vectors: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """float32 CPU logits of ``head`` in eval mode for cached ``(n, dim)`` vectors; the head's
+    train/eval mode is left as it was."""
+    was_training = head.training
+    head.eval()
+    try:
+        return head(vectors.to(device)).float().cpu()
+    finally:
+        head.train(was_training)

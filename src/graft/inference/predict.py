@@ -1,0 +1,148 @@
+"""Running a trained model over image files: probabilities, evaluation, and prediction rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from graft.data.dataset import Sample
+from graft.data.loaders import inference_workers, make_loader
+from graft.data.transforms import Preprocessing
+from graft.features.cache import FeatureCache, default_cache_root
+from graft.features.extract import body_key, extract_features, feature_head, head_logits
+from graft.features.forward import infer, split_outputs, warn_failed
+from graft.features.views import View, eval_view, tta_views
+from graft.infrastructure.memory import Pieces
+from graft.infrastructure.runtime import channels_last, inference_batch_size
+from graft.models import ModelSpec
+from graft.models.fuse import inference_model
+
+
+def predict_probs(
+    model: nn.Module,
+    spec: ModelSpec,
+    pre: Preprocessing,
+    samples: Sequence[Sample],
+    device: torch.device,
+    *,
+    precision: str = "fp32",
+    batch_size: int | None = None,
+    workers: int | None = None,
+    use_cache: bool = False,
+    fast: nn.Module | None = None,
+    tta: bool | int = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities for the decodable samples.
+
+    Runs a BatchNorm-folded, channels_last copy of the model. With ``use_cache``, the body's
+    features come from (and go to) the feature cache, so evaluating a run whose body was never
+    unfrozen re-reads the vectors its training computed. ``fast`` is an inference copy from
+    :func:`~graft.models.fuse.inference_model` to reuse (built here when None). ``tta`` (True
+    or 2: centre and mirror; 4: also the two end crops) makes each image's probabilities the
+    mean over :func:`~graft.features.views.tta_views` (each image is still decoded once).
+
+    Every forward pass runs a full batch: a short one (the last, or one that lost undecodable
+    files) is padded by repeating its last image, and the padded rows are dropped. On the CPU an
+    image's output is bitwise the same in any batch of the same size but not across sizes
+    (batch 1 vs 8 differed by 1.6e-7), so this makes each image's probabilities independent of
+    how the files were grouped into calls: shards, resumed and chunked predictions agree exactly.
+
+    Returns:
+        ``(probs, kept)``: an (n × C) float64 array and the indices into ``samples`` of its rows,
+        in sample order. Undecodable files are warned about and left out.
+    """
+    batch_size = batch_size or inference_batch_size(device, 32)
+    workers = inference_workers(device) if workers is None else workers
+    count = 2 if tta is True else int(tta)
+    views = tta_views(pre, count) if count else [eval_view(pre)]
+    head = feature_head(model, spec) if use_cache else None
+    if head is not None:
+        cache = FeatureCache(default_cache_root(), body_key(model, spec, pre, precision))
+        (feats,) = extract_features(
+            model,
+            spec,
+            pre,
+            [(samples, views)],
+            device,
+            cache=cache,
+            precision=precision,
+            batch_size=batch_size,
+            workers=workers,
+            desc="predict",
+        )
+        n, v, dim = feats.vectors.shape
+        if n == 0:  # nothing decoded: the head cannot take an empty matrix; the caller says why
+            logits = torch.zeros(0, 0)
+        else:
+            logits = _mean_over_views(head_logits(head, feats.vectors.reshape(n * v, dim), device), v)
+        indices, failed = feats.index, feats.failed
+    else:
+        per_batch = max(1, batch_size // len(views))
+        loader = make_loader(
+            samples,
+            _Stacked(views) if count else views[0].transform,
+            batch_size=per_batch,
+            workers=workers,
+            min_size=pre.resize_size,
+            pin_memory=device.type == "cuda",
+        )
+        if fast is None:
+            fast = inference_model(model, pre.input_size, device)
+        net = _FullBatch(_ViewMean(fast) if count else fast, per_batch)
+        logits, indices, failed = infer(net, loader, device, precision=precision)
+    warn_failed(failed, [s.path for s in samples])
+    if logits.numel() == 0:
+        return np.zeros((0, 0)), np.zeros(0, dtype=np.int64)
+    order = torch.argsort(indices)
+    probs = torch.softmax(logits[order].double(), dim=1).numpy()
+    return probs, indices[order].numpy()
+
+
+class _Stacked:
+    """All views of one decoded image as a ``(views, C, H, W)`` tensor (picklable for workers)."""
+
+    def __init__(self, views: Sequence[View]) -> None:
+        self.transforms = [v.transform for v in views]
+
+    def __call__(self, image: object) -> torch.Tensor:
+        return torch.stack([t(image) for t in self.transforms])
+
+
+def _mean_over_views(logits: torch.Tensor, views: int) -> torch.Tensor:
+    """``(n * views, C)`` logits → ``(n, C)`` log mean probability: softmax of the result is the
+    average of the views' probabilities."""
+    probs = torch.softmax(logits.float(), dim=1).reshape(-1, views, logits.shape[1]).mean(1)
+    return probs.clamp_min(1e-30).log()
+
+
+class _FullBatch(nn.Module):
+    """Runs a model on exactly ``size`` images: a shorter batch is padded with copies of its last
+    image and only its own rows are returned (see :func:`predict_probs`)."""
+
+    def __init__(self, model: nn.Module, size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.size = size
+        self.pieces = Pieces("prediction")  # out of memory: the padded batch goes in pieces
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if n < self.size:
+            x = channels_last(torch.cat([x, x[-1:].expand(self.size - n, *x.shape[1:])]))
+        parts = self.pieces.run(lambda xs: split_outputs(self.model(channels_last(xs)))[0], x)
+        return torch.cat(parts)[:n]
+
+
+class _ViewMean(nn.Module):
+    """Runs a model on ``(batch, views, C, H, W)`` and averages the views' probabilities."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits, _ = split_outputs(self.model(channels_last(x.flatten(0, 1))))
+        return _mean_over_views(logits, x.shape[1])

@@ -1,0 +1,274 @@
+"""The one typed configuration of a training run.
+
+Every option of ``graft train`` is a field here; the CLI builds its flags from these fields
+(``help`` and ``choices`` live in the field metadata), and the resolved config is stored in the
+run's ``graft.json`` so a run can be understood and repeated later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from graft.infrastructure.errors import GraftError
+
+MODES = ("features", "finetune", "full", "scratch")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("onecycle", "step", "cosine")
+MONITORS = ("val_loss", "val_acc")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# What evaluation and prediction may run in (fp32 unless asked: see graft.infrastructure.runtime).
+INFERENCE_PRECISIONS = ("fp32", "bf16", "fp16")
+NORMALIZE = ("model", "data")
+
+# Epochs whose default depends on whether the frozen phase runs on cached features.
+CACHED_FROZEN_EPOCHS, IMAGE_FROZEN_EPOCHS = 10, 3
+# finetune without --epochs: unfrozen epochs, run only when the frozen head is below this accuracy.
+AUTO_UNFROZEN_EPOCHS, AUTO_UNFREEZE_BELOW = 3, 0.95
+
+# Learning-rate and weight-decay defaults per optimizer (fastai's and torchvision's usual values).
+DEFAULT_LR = {"adamw": 2e-3, "adam": 1e-3, "sgd": 1e-2}
+DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2, "adam": 0.0, "sgd": 1e-4}
+
+
+def parse_lr(text: str) -> float | str:
+    """A learning rate from the command line: a number or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"not a number or 'auto': {text}") from None
+
+
+def _opt(help: str, **kw: Any) -> dict:
+    return {"help": help, **kw}
+
+
+@dataclass
+class TrainConfig:
+    """All options of one training run. ``None`` means "pick the default for the context";
+    :meth:`resolved` fills those in so the saved config says what actually ran."""
+
+    # --- data ---
+    data: str = field(default="", metadata=_opt("dataset folder", positional=True))
+    labels: str | None = field(default=None, metadata=_opt("CSV of id,label beside a flat image folder"))
+    valid_split: float = field(
+        default=0.2, metadata=_opt("fraction held out for validation when there is no val/ folder")
+    )
+    test_split: float = field(
+        default=0.0, metadata=_opt("fraction held out as a test split (class-folder datasets)")
+    )
+    augment: bool = field(
+        default=True, metadata=_opt("train-time augmentation (crop, flip, rotation, jitter)")
+    )
+    min_scale: float = field(default=0.35, metadata=_opt("smallest area fraction of the random resized crop"))
+    crop_padding: int = field(
+        default=0,
+        metadata=_opt(
+            "random crop of the input size after zero-padding each side by this many pixels, "
+            "instead of the random resized crop (CIFAR style)"
+        ),
+    )
+    rotate: float = field(default=10.0, metadata=_opt("largest random rotation in degrees"))
+    jitter: float = field(default=0.2, metadata=_opt("brightness/contrast/saturation jitter"))
+    normalize: str = field(
+        default="model",
+        metadata=_opt(
+            "model: the mean/std of the model's pretrained config; data: per-channel mean and std of "
+            "the training images (computed once, saved with the run; for models trained from scratch)",
+            choices=NORMALIZE,
+        ),
+    )
+    # --- model ---
+    arch: str = field(
+        default="tf_efficientnet_lite0", metadata=_opt("timm, torchvision or graft architecture name")
+    )
+    pretrained: bool = field(default=True, metadata=_opt("start from ImageNet weights"))
+    weights: str | None = field(default=None, metadata=_opt("pretrained weights file (.safetensors or .pth)"))
+    head: int | None = field(
+        default=None, metadata=_opt("hidden width of an MLP head (Linear-ReLU-Dropout-Linear)")
+    )
+    head_dropout: float = field(default=0.5, metadata=_opt("dropout of the MLP head"))
+    input_size: int | None = field(
+        default=None, metadata=_opt("input side in pixels (default: the model's own)")
+    )
+    # --- training ---
+    mode: str = field(default="finetune", metadata=_opt("what to train", choices=MODES))
+    epochs: int | None = field(
+        default=None,
+        metadata=_opt(
+            "epochs of the main phase: unfrozen epochs after the frozen ones (finetune: 3, run only "
+            "if the frozen head's val accuracy is below --unfreeze-below), or all epochs (features: "
+            "10 on cached features, else 3; full and scratch: 2)"
+        ),
+    )
+    freeze_epochs: int | None = field(
+        default=None,
+        metadata=_opt("finetune: epochs with the body frozen first (10 on cached features, else 3)"),
+    )
+    unfreeze_below: float | None = field(
+        default=None,
+        metadata=_opt(
+            "finetune: unfreeze only if the frozen head's val accuracy is below this (default 0.95 "
+            "when --epochs is not given; otherwise always unfreeze)"
+        ),
+    )
+    cache_features: bool = field(
+        default=True,
+        metadata=_opt("frozen body: compute features once, cache them on disk, train the head on them"),
+    )
+    cache_views: int = field(
+        default=0,
+        metadata=_opt("augmented views per training image for cached frozen epochs (0: the eval view)"),
+    )
+    precision: str = field(
+        default="auto",
+        metadata=_opt(
+            "arithmetic of training: auto (CUDA: mixed precision; CPU: bf16 for the frozen body's features "
+            "of the training images where the CPU has native bf16, else fp32), fp32, bf16, fp16; "
+            "validation and everything after training run in fp32",
+            choices=PRECISIONS,
+        ),
+    )
+    compile: bool = field(default=False, metadata=_opt("torch.compile the model for unfrozen training"))
+    unfreeze: list[str] | None = field(
+        default=None,
+        metadata=_opt("comma-separated body blocks to train (e.g. layer3,layer4); others stay frozen"),
+    )
+    freeze_bn: bool = field(
+        default=True,
+        metadata=_opt("keep pretrained BatchNorm statistics fixed while fine-tuning (Keras' advice)"),
+    )
+    lr: float | str | None = field(
+        default=None,
+        metadata=_opt(
+            "peak learning rate of the head (default per optimizer), or 'auto' to pick it with "
+            "the learning-rate range test (graft lr-find)",
+            parse=parse_lr,
+        ),
+    )
+    lr_mult: float | None = field(
+        default=None,
+        metadata=_opt(
+            "head lr / first trained body block lr, rates spaced geometrically between them "
+            "(default: finetune 100; full and scratch 1, one rate for all)"
+        ),
+    )
+    optimizer: str = field(default="adamw", metadata=_opt("optimizer", choices=OPTIMIZERS))
+    momentum: float = field(default=0.9, metadata=_opt("SGD momentum"))
+    weight_decay: float | None = field(
+        default=None,
+        metadata=_opt(
+            "weight decay, not applied to norms and biases (default: adamw 0.01, decoupled; "
+            "adam 0, added to the gradient; sgd 1e-4)"
+        ),
+    )
+    schedule: str = field(default="onecycle", metadata=_opt("learning-rate schedule", choices=SCHEDULES))
+    step_size: int = field(default=7, metadata=_opt("step schedule: epochs between decays"))
+    gamma: float = field(default=0.1, metadata=_opt("step schedule: decay factor"))
+    label_smoothing: float = field(default=0.0, metadata=_opt("label smoothing of the cross-entropy loss"))
+    batch_size: int = field(
+        default=32, metadata=_opt("images per optimizer step (under torchrun: over all processes together)")
+    )
+    monitor: str = field(
+        default="val_acc",
+        metadata=_opt("metric that picks the best checkpoint (ties: lower loss)", choices=MONITORS),
+    )
+    patience: int | None = field(
+        default=None, metadata=_opt("stop a phase after this many epochs without improvement")
+    )
+    sync_bn: bool = field(
+        default=False,
+        metadata=_opt("under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)"),
+    )
+    aux_weight: float = field(default=0.4, metadata=_opt("weight of auxiliary-logit losses (inception)"))
+    seed: int = field(default=0, metadata=_opt("random seed (splits, init, shuffling, augmentation)"))
+    workers: int | None = field(
+        default=None, metadata=_opt("data-loading worker processes (default from core count)")
+    )
+    device: str = field(default="auto", metadata=_opt("auto, cpu, cuda, cuda:N or mps"))
+    out: str | None = field(default=None, metadata=_opt("run folder to write (default runs/<data>-<time>)"))
+    report: bool = field(
+        default=True, metadata=_opt("write report.html (curves, confusion matrix, top losses) after training")
+    )
+
+    def resolved(self, cached: bool = True) -> TrainConfig:
+        """A copy with per-context defaults filled in and values checked.
+
+        Args:
+            cached: Whether frozen epochs will run on cached features (they are cheap then, so
+                more of them are the default).
+
+        Raises:
+            GraftError: For an out-of-range or inconsistent option.
+        """
+        c = dataclasses.replace(self)
+        if c.mode not in MODES:
+            raise GraftError(f"unknown mode '{c.mode}'; choose one of {', '.join(MODES)}")
+        if c.optimizer not in OPTIMIZERS:
+            raise GraftError(f"unknown optimizer '{c.optimizer}'; choose one of {', '.join(OPTIMIZERS)}")
+        if c.schedule not in SCHEDULES:
+            raise GraftError(f"unknown schedule '{c.schedule}'; choose one of {', '.join(SCHEDULES)}")
+        if c.monitor not in MONITORS:
+            raise GraftError(f"unknown monitor '{c.monitor}'; choose one of {', '.join(MONITORS)}")
+        if c.normalize not in NORMALIZE:
+            raise GraftError(f"unknown normalize '{c.normalize}'; choose one of {', '.join(NORMALIZE)}")
+        if c.mode == "scratch":
+            c.pretrained = False
+        if not c.pretrained and not c.weights:
+            c.freeze_bn = False  # random-init statistics must be learned
+        frozen_default = CACHED_FROZEN_EPOCHS if cached and c.cache_features else IMAGE_FROZEN_EPOCHS
+        if c.mode != "finetune":
+            c.freeze_epochs = 0
+            c.unfreeze_below = None
+        elif c.freeze_epochs is None:
+            c.freeze_epochs = frozen_default
+        if c.epochs is None:
+            if c.mode == "finetune":
+                c.epochs = AUTO_UNFROZEN_EPOCHS
+                if c.unfreeze_below is None:
+                    c.unfreeze_below = AUTO_UNFREEZE_BELOW
+            else:
+                c.epochs = frozen_default if c.mode == "features" else 2
+        if c.precision not in PRECISIONS:
+            raise GraftError(f"unknown precision '{c.precision}'; choose one of {', '.join(PRECISIONS)}")
+        if c.mode == "features" and c.unfreeze:
+            raise GraftError("--unfreeze needs mode finetune or full (features keeps the whole body frozen)")
+        if c.lr is None:
+            c.lr = DEFAULT_LR[c.optimizer]
+        if isinstance(c.lr, str) and c.lr != "auto":
+            raise GraftError(f"lr must be a number or 'auto', not '{c.lr}'")
+        if c.lr_mult is None:
+            c.lr_mult = 100.0 if c.mode == "finetune" else 1.0
+        if c.weight_decay is None:
+            c.weight_decay = DEFAULT_WEIGHT_DECAY[c.optimizer]
+        checks = [
+            (c.epochs >= 0 and c.freeze_epochs >= 0, "epochs must be >= 0"),
+            (c.epochs + c.freeze_epochs > 0, "nothing to train: epochs and freeze-epochs are both 0"),
+            (c.batch_size >= 1, "batch size must be >= 1"),
+            ((c.lr == "auto" or c.lr > 0) and c.lr_mult >= 1, "lr must be > 0 and lr-mult >= 1"),
+            (0 <= c.label_smoothing < 1, "label smoothing must be in [0, 1)"),
+            (0 < c.min_scale <= 1, "min-scale must be in (0, 1]"),
+            (c.crop_padding >= 0, "crop-padding must be >= 0"),
+            (c.head is None or c.head >= 1, "head width must be >= 1"),
+            (c.input_size is None or c.input_size >= 16, "input size must be >= 16 pixels"),
+            (c.patience is None or c.patience >= 1, "patience must be >= 1"),
+            (c.cache_views >= 0, "cache-views must be >= 0"),
+            (c.unfreeze_below is None or 0 < c.unfreeze_below <= 1, "unfreeze-below must be in (0, 1]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise GraftError(message)
+        return c
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are ignored (older or newer runs)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
