@@ -21,6 +21,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # What evaluation and prediction may run in (fp32 unless asked: see graft.infrastructure.runtime).
 INFERENCE_PRECISIONS = ("fp32", "bf16", "fp16")
 NORMALIZE = ("model", "data")
+# Loggers beside history.csv (which is always written).
+LOGGERS = ("none", "tensorboard")
 
 # Epochs whose default depends on whether the frozen phase runs on cached features.
 CACHED_FROZEN_EPOCHS, IMAGE_FROZEN_EPOCHS = 10, 3
@@ -183,6 +185,18 @@ class TrainConfig:
         default=False,
         metadata=_opt("under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)"),
     )
+    ema: bool = field(
+        default=False,
+        metadata=_opt(
+            "also keep an exponential moving average of the weights (timm's ModelEmaV3), validate it "
+            "every epoch, and keep it when it validates better"
+        ),
+    )
+    ema_decay: float = field(default=0.998, metadata=_opt("--ema: decay per optimizer step (with warmup)"))
+    log: str = field(
+        default="none",
+        metadata=_opt("also log each epoch to: tensorboard (event files in RUN/tensorboard)", choices=LOGGERS),
+    )
     aux_weight: float = field(default=0.4, metadata=_opt("weight of auxiliary-logit losses (inception)"))
     seed: int = field(default=0, metadata=_opt("random seed (splits, init, shuffling, augmentation)"))
     workers: int | None = field(
@@ -213,6 +227,8 @@ class TrainConfig:
             raise GraftError(f"unknown schedule '{c.schedule}'; choose one of {', '.join(SCHEDULES)}")
         if c.monitor not in MONITORS:
             raise GraftError(f"unknown monitor '{c.monitor}'; choose one of {', '.join(MONITORS)}")
+        if c.log not in LOGGERS:
+            raise GraftError(f"unknown logger '{c.log}'; choose one of {', '.join(LOGGERS)}")
         if c.normalize not in NORMALIZE:
             raise GraftError(f"unknown normalize '{c.normalize}'; choose one of {', '.join(NORMALIZE)}")
         if c.mode == "scratch":
@@ -256,6 +272,7 @@ class TrainConfig:
             (c.input_size is None or c.input_size >= 16, "input size must be >= 16 pixels"),
             (c.patience is None or c.patience >= 1, "patience must be >= 1"),
             (c.cache_views >= 0, "cache-views must be >= 0"),
+            (0 < c.ema_decay < 1, "ema-decay must be in (0, 1)"),
             (c.unfreeze_below is None or 0 < c.unfreeze_below <= 1, "unfreeze-below must be in (0, 1]"),
         ]
         for ok, message in checks:
