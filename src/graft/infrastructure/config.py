@@ -195,7 +195,9 @@ class TrainConfig:
     ema_decay: float = field(default=0.998, metadata=_opt("--ema: decay per optimizer step (with warmup)"))
     log: str = field(
         default="none",
-        metadata=_opt("also log each epoch to: tensorboard (event files in RUN/tensorboard)", choices=LOGGERS),
+        metadata=_opt(
+            "also log each epoch to: tensorboard (event files in RUN/tensorboard)", choices=LOGGERS
+        ),
     )
     aux_weight: float = field(default=0.4, metadata=_opt("weight of auxiliary-logit losses (inception)"))
     seed: int = field(default=0, metadata=_opt("random seed (splits, init, shuffling, augmentation)"))
