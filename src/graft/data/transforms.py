@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import torch
 from PIL import Image
 from torchvision import transforms as T
 
@@ -167,10 +166,3 @@ def train_transform(pre: Preprocessing, aug: Augmentation) -> T.Compose:
         steps.append(T.ColorJitter(aug.jitter, aug.jitter, aug.jitter))
     steps += [T.ToTensor(), T.Normalize(pre.mean, pre.std)]
     return T.Compose(steps)
-
-
-def denormalize(x: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
-    """Undo :func:`eval_transform`'s normalisation (for showing images)."""
-    mean = torch.tensor(pre.mean, dtype=x.dtype).view(-1, 1, 1)
-    std = torch.tensor(pre.std, dtype=x.dtype).view(-1, 1, 1)
-    return x * std + mean
