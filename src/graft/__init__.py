@@ -1,6 +1,7 @@
 """graft: transfer learning on images.
 
     from graft import ImageData, Learner, load_learner
+    graft.train(TrainConfig(data="hymenoptera", out="runs/bees"))   # what graft train runs
 
 The names below are imported on first use, so ``graft --help`` does not wait for torch.
 """
@@ -18,6 +19,7 @@ _EXPORTS = {
     "load_learner": "graft.learner.learner",
     "resume_learner": "graft.learner.learner",
     "TrainConfig": "graft.infrastructure.config",
+    "ResolvedConfig": "graft.infrastructure.config",
     "GraftError": "graft.infrastructure.errors",
     "SkippedFileWarning": "graft.infrastructure.errors",
     "DuplicateImageWarning": "graft.infrastructure.errors",
@@ -28,6 +30,8 @@ _EXPORTS = {
     "Interpretation": "graft.evaluation.interpret",
     "write_report": "graft.workflows.report",
     "compare": "graft.workflows.compare",
+    "train": "graft.workflows.train",
+    "TrainedRun": "graft.workflows.train",
 }
 
 __all__ = [
@@ -39,13 +43,16 @@ __all__ = [
     "LargeImageWarning",
     "Learner",
     "Prediction",
+    "ResolvedConfig",
     "SkippedFileWarning",
     "TrainConfig",
+    "TrainedRun",
     "__version__",
     "compare",
     "create_model",
     "load_learner",
     "resume_learner",
+    "train",
     "write_report",
 ]
 
@@ -54,7 +61,7 @@ if TYPE_CHECKING:
     from graft.evaluation.interpret import Interpretation
     from graft.evaluation.metrics import EvalResult
     from graft.inference.predictions import Prediction
-    from graft.infrastructure.config import TrainConfig
+    from graft.infrastructure.config import ResolvedConfig, TrainConfig
     from graft.infrastructure.errors import (
         DuplicateImageWarning,
         GraftError,
@@ -65,6 +72,7 @@ if TYPE_CHECKING:
     from graft.models import create_model
     from graft.workflows.compare import compare
     from graft.workflows.report import write_report
+    from graft.workflows.train import TrainedRun, train
 
 
 def __getattr__(name: str) -> Any:

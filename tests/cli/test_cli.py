@@ -117,7 +117,8 @@ def test_lr_find_command_and_auto_lr(dataset, tmp_path, capsys):
     argv = ["train", str(dataset / "data"), "--out", str(run), "--lr", "auto", "--mode", "features", *small]
     assert main(argv) == 0
     meta = json.loads((run / "graft.json").read_text())
-    assert isinstance(meta["config"]["lr"], float) and meta["config"]["lr"] == meta["metrics"]["lr_found"]
+    assert meta["config"]["lr"] == "auto"  # what was asked; what ran is beside it
+    assert isinstance(meta["resolved"]["lr"], float) and meta["resolved"]["lr"] == meta["metrics"]["lr_found"]
     assert {"lr_find.png", "lr_find.csv"} <= {p.name for p in run.iterdir()}
     assert "lr-find" in parse_report(run / "report.html").sections
 

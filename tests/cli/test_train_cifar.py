@@ -55,7 +55,7 @@ def test_the_run_saves_the_training_images_statistics(run, data: Path) -> None:
     out, log = run
     meta = json.loads((out / "graft.json").read_text())
     assert meta["model"]["source"] == "graft" and meta["model"]["arch"] == "cifar_resnet18"
-    cfg = meta["config"]
+    cfg = meta["resolved"]  # what ran: mode scratch starts from random weights
     assert (cfg["crop_padding"], cfg["normalize"], cfg["pretrained"]) == (4, "data", False)
     train = ImageData.from_record(meta["split"]["root"], meta["split"]).splits["train"]
     assert len(train) == 18

@@ -34,7 +34,6 @@ def run(tmp_path_factory):
 def onnx_file(run):
     _, out = run
     learn = load_learner(out, device="cpu")
-    learn.config.out = str(out)
     return export(learn, "onnx")
 
 

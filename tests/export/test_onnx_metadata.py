@@ -35,7 +35,6 @@ def exported(tmp_path_factory):
     learn.fit(mode="features", epochs=1, batch_size=8, lr=0.02, augment=False, workers=0, log=lambda _: None)
     out = learn.save(tmp_path_factory.mktemp("run") / "run")
     learn = load_learner(out, device="cpu")
-    learn.config.out = str(out)
     report = export(learn, "onnx")
     proto = onnx.load(str(report.path))
     meta = json.loads(next(e.value for e in proto.metadata_props if e.key == META_KEY))

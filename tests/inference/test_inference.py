@@ -1,4 +1,4 @@
-"""predict_probs gives each image the same probabilities however the files are grouped into calls."""
+"""sample_probs gives each image the same probabilities however the files are grouped into calls."""
 
 import dataclasses
 import warnings
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from graft.data.dataset import Sample
-from graft.inference.predict import predict_probs
+from graft.inference.predict import sample_probs
 from graft.models import create_model
 from tests.conftest import make_image_folder
 
@@ -33,7 +33,7 @@ def _probs(model_and_samples, groups, tta=False):
         part = samples[start : start + size]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the broken file
-            probs, idx = predict_probs(
+            probs, idx = sample_probs(
                 model, spec, pre, part, torch.device("cpu"), batch_size=8, workers=0, tta=tta
             )
         out.append(probs)

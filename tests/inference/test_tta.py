@@ -13,7 +13,7 @@ from graft.data.dataset import Sample
 from graft.data.images import load_image
 from graft.data.transforms import eval_transform
 from graft.features.views import tta_views
-from graft.inference.predict import _Stacked, predict_probs
+from graft.inference.predict import _Stacked, sample_probs
 from graft.models import create_model
 from tests.conftest import make_image_folder
 
@@ -59,7 +59,7 @@ def test_corner_crops_take_the_ends_of_the_resized_image(model_and_samples):
 @pytest.mark.parametrize("tta", [True, 4])
 def test_tta_probabilities_are_the_mean_over_views(model_and_samples, tta):
     model, spec, pre, samples = model_and_samples
-    probs, kept = predict_probs(model, spec, pre, samples, torch.device("cpu"), tta=tta, workers=0)
+    probs, kept = sample_probs(model, spec, pre, samples, torch.device("cpu"), tta=tta, workers=0)
     assert kept.tolist() == list(range(len(samples)))
     views = tta_views(pre, 2 if tta is True else tta)
     expected = []
@@ -69,21 +69,21 @@ def test_tta_probabilities_are_the_mean_over_views(model_and_samples, tta):
             x = torch.stack([v.transform(image) for v in views])
             expected.append(torch.softmax(model(x).double(), 1).mean(0).numpy())
     np.testing.assert_allclose(probs, np.stack(expected), atol=1e-5)
-    plain, _ = predict_probs(model, spec, pre, samples, torch.device("cpu"), workers=0)
+    plain, _ = sample_probs(model, spec, pre, samples, torch.device("cpu"), workers=0)
     assert not np.allclose(plain, probs, atol=1e-6)  # the views do change the answer
 
 
 def test_cached_and_image_paths_agree_with_tta(model_and_samples):
     model, spec, pre, samples = model_and_samples
-    direct, _ = predict_probs(model, spec, pre, samples, torch.device("cpu"), tta=True, workers=0)
+    direct, _ = sample_probs(model, spec, pre, samples, torch.device("cpu"), tta=True, workers=0)
     for _ in range(2):  # computed, then read back from the feature cache
-        cached, _ = predict_probs(
+        cached, _ = sample_probs(
             model, spec, pre, samples, torch.device("cpu"), tta=True, use_cache=True, workers=0
         )
         np.testing.assert_allclose(cached, direct, atol=1e-5)
-    direct4, _ = predict_probs(model, spec, pre, samples, torch.device("cpu"), tta=4, workers=0)
+    direct4, _ = sample_probs(model, spec, pre, samples, torch.device("cpu"), tta=4, workers=0)
     for _ in range(2):
-        cached, _ = predict_probs(
+        cached, _ = sample_probs(
             model, spec, pre, samples, torch.device("cpu"), tta=4, use_cache=True, workers=0
         )
         np.testing.assert_allclose(cached, direct4, atol=1e-5)
@@ -96,8 +96,8 @@ def test_views_survive_pickling_and_worker_processes(model_and_samples):
     restored = pickle.loads(pickle.dumps(_Stacked(tta_views(pre, 4))))
     image = load_image(samples[0].path)
     assert torch.equal(restored(image), _Stacked(tta_views(pre, 4))(image))
-    in_process, _ = predict_probs(model, spec, pre, samples, torch.device("cpu"), tta=True, workers=0)
-    in_worker, _ = predict_probs(model, spec, pre, samples, torch.device("cpu"), tta=True, workers=1)
+    in_process, _ = sample_probs(model, spec, pre, samples, torch.device("cpu"), tta=True, workers=0)
+    in_worker, _ = sample_probs(model, spec, pre, samples, torch.device("cpu"), tta=True, workers=1)
     np.testing.assert_allclose(in_worker, in_process, atol=1e-6)
 
 
@@ -106,16 +106,16 @@ import dataclasses, resource, sys
 import numpy as np, torch
 from PIL import Image
 from graft.data.dataset import Sample
-from graft.inference.predict import predict_probs
+from graft.inference.predict import sample_probs
 from graft.models import create_model
 
 model, spec, pre = create_model("tf_efficientnet_lite0", 2, pretrained=False)
 pre = dataclasses.replace(pre, input_size=40)
 model.eval()
 normal, strip = sys.argv[1], sys.argv[2]
-predict_probs(model, spec, pre, [Sample(normal, None)], torch.device("cpu"), tta=4, workers=0)
+sample_probs(model, spec, pre, [Sample(normal, None)], torch.device("cpu"), tta=4, workers=0)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-probs, kept = predict_probs(model, spec, pre, [Sample(strip, None)], torch.device("cpu"), tta=4, workers=0)
+probs, kept = sample_probs(model, spec, pre, [Sample(strip, None)], torch.device("cpu"), tta=4, workers=0)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(len(kept), round(float(probs.sum()), 6), (after - before) // 1024)
 """

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from graft import ImageData, Learner
-from graft.inference.predict import predict_probs
+from graft.inference.predict import sample_probs
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ def test_bf16_top1_matches_fp32_on_hymenoptera(shared_dataset, monkeypatch, tmp_
     top1, all_probs = {}, {}
     for precision in ("fp32", "bf16"):
         # use_cache=False: both precisions really run the (folded) network on every image.
-        probs, kept = predict_probs(
+        probs, kept = sample_probs(
             learn.model,
             learn.spec,
             learn.preprocessing,

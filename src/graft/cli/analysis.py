@@ -22,7 +22,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     interp = learn.interpret(data, args.split, tta=tta_from_args(args))
     if not len(interp.paths):  # every image failed to decode: a report of nothing says nothing
         raise GraftError(
-            f"none of the {interp.skipped:,} images of {interp.source} could be decoded: no report"
+            f"none of the {interp.undecodable:,} images of {interp.source} could be decoded: no report"
         )
     path = write_report(learn, interp, args.out or args.run, top_losses=args.top_losses, samples=args.samples)
     result = interp.result
@@ -45,9 +45,6 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     from graft.learner.learner import Learner
 
     cfg = config_from_args(args)
-    if cfg.lr == "auto":
-        cfg.lr = None
-    cfg = cfg.resolved()
     out = Path(cfg.out or _default_out(cfg.data, "lr-find"))
     learn = Learner.from_config(cfg)
     found = learn.lr_find(cfg, start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.num_it)
@@ -74,7 +71,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     held = [p for p in (out / "compare.json", out / "pretrained", out / "scratch") if p.exists()]
     if held and not args.overwrite:
         raise GraftError(f"{out} already holds a comparison; pass --overwrite or choose another --out")
-    result = compare(cfg, pretrained_mode=args.pretrained_mode, out=out)
+    result = compare(cfg, pretrained_mode=args.pretrained_mode, out=out, overwrite=args.overwrite)
     print()
     print("validation accuracy per epoch")
     print(result.table())

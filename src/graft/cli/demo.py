@@ -58,14 +58,14 @@ def run_demo(out: Path, data: Path | None = None, device: str = "auto") -> int:
     """Write the digits, train, evaluate on the test split, save the run; returns an exit code."""
     root = write_digits(data or default_data_dir())
     print(f"demo: handwritten digits from scikit-learn written to {root}")
-    cfg = TrainConfig(data=str(root), out=str(out), device=device, **DEMO_CONFIG).resolved()
+    cfg = TrainConfig(data=str(root), out=str(out), device=device, **DEMO_CONFIG)
     learn = Learner.from_config(cfg)
     print(learn.data.summary())
     print(
         f"demo: fine-tuning {cfg.arch} (ImageNet weights bundled) on {learn.device}, "
         f"{cfg.freeze_epochs} frozen + {cfg.epochs} unfrozen epochs"
     )
-    learn.fit(cfg)
+    learn.fit()
     interp = learn.interpret(split="test")
     result = interp.result
     learn.metrics.update(test_acc=result.accuracy, test_loss=result.loss, test_n=result.n)

@@ -12,7 +12,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     from graft.learner.learner import load_learner
 
     learn = load_learner(args.run, device="cpu")
-    learn.config.out = args.run  # the default output folder
     report = export(learn, args.format, args.out, check=args.check)
     size = report.path.stat().st_size / 1e6
     print(f"wrote {report.path} ({size:.1f} MB, {report.format})")

@@ -45,7 +45,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = learn.evaluate(args.data, split=args.split, tta=tta_from_args(args), batch_size=args.batch_size)
     if result.n == 0:  # every image failed to decode: there is no accuracy to print
         raise GraftError(
-            f"none of the {result.skipped:,} images in {args.data} could be decoded: nothing to evaluate"
+            f"none of the {result.undecodable:,} images in {args.data} could be decoded: nothing to evaluate"
         )
     if args.json:
         print(json.dumps(result.to_dict()))

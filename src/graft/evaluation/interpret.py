@@ -35,7 +35,7 @@ class Interpretation:
         probs: ``(n, classes)`` predicted probabilities.
         preprocessing: The model's preprocessing (image grids show the crop the model saw).
         source: What was evaluated, e.g. ``hymenoptera (val)``.
-        skipped: Images that could not be decoded.
+        undecodable: Images that could not be decoded (left out).
         tta: Test-time augmentation views averaged (0: none).
     """
 
@@ -45,13 +45,13 @@ class Interpretation:
     probs: np.ndarray
     preprocessing: Preprocessing
     source: str = ""
-    skipped: int = 0
+    undecodable: int = 0
     tta: int = 0
 
     @property
     def result(self) -> EvalResult:
         """Loss, accuracy, per-class metrics and confusion matrix."""
-        return EvalResult.from_predictions(self.probs, self.labels, self.classes, self.skipped)
+        return EvalResult.from_predictions(self.probs, self.labels, self.classes, self.undecodable)
 
     @property
     def preds(self) -> np.ndarray:

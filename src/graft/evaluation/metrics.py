@@ -39,17 +39,18 @@ class EvalResult:
     classes: list[str]
     per_class: list[dict]
     confusion: np.ndarray
-    skipped: int = 0
+    undecodable: int = 0
 
     @classmethod
     def from_predictions(
-        cls, probs: np.ndarray, labels: np.ndarray, classes: list[str], skipped: int = 0
+        cls, probs: np.ndarray, labels: np.ndarray, classes: list[str], undecodable: int = 0
     ) -> EvalResult:
         """Metrics from class probabilities (n × C) and true labels (n)."""
         n = int(labels.shape[0])
         if n == 0:
             cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
-            return cls(float("nan"), float("nan"), 0, classes, per_class_metrics(cm, classes), cm, skipped)
+            nan = float("nan")
+            return cls(nan, nan, 0, classes, per_class_metrics(cm, classes), cm, undecodable)
         pred = probs.argmax(1)
         picked = np.clip(probs[np.arange(n), labels], 1e-12, 1.0)
         cm = confusion_matrix(labels, pred, len(classes))
@@ -60,7 +61,7 @@ class EvalResult:
             classes=list(classes),
             per_class=per_class_metrics(cm, classes),
             confusion=cm,
-            skipped=skipped,
+            undecodable=undecodable,
         )
 
     @property
@@ -74,7 +75,7 @@ class EvalResult:
             "accuracy": self.accuracy,
             "loss": self.loss,
             "n": self.n,
-            "skipped": self.skipped,
+            "skipped": self.undecodable,  # the JSON key of graft evaluate --json, kept
             "classes": self.classes,
             "per_class": self.per_class,
             "confusion": self.confusion.tolist(),
@@ -83,8 +84,8 @@ class EvalResult:
     def format(self, max_confusion_classes: int = 20) -> str:
         """A human-readable report: headline, per-class table and confusion matrix."""
         lines = [f"accuracy {self.accuracy:.4f} ({self.correct}/{self.n})   loss {self.loss:.4f}"]
-        if self.skipped:
-            lines[0] += f"   skipped {self.skipped}"
+        if self.undecodable:
+            lines[0] += f"   skipped {self.undecodable}"
         width = max([len(c) for c in self.classes] + [5])
         lines += ["", f"{'class':<{width}}  precision  recall     f1  support"]
         for row in self.per_class:

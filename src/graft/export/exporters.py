@@ -18,7 +18,7 @@ import torch
 from graft.data.dataset import Sample
 from graft.data.selection import eval_samples, expand_paths
 from graft.export.onnx_runtime import META_KEY
-from graft.inference.predict import predict_probs
+from graft.inference.predict import sample_probs
 from graft.infrastructure.errors import GraftError
 from graft.infrastructure.fileio import atomic_write, cannot_write, temp_file
 from graft.infrastructure.text import plural
@@ -76,7 +76,8 @@ def export(
 
     Args:
         fmt: ``onnx`` (opset from torch's exporter, dynamic batch) or ``torchscript`` (traced).
-        out: Output file (default: ``<run>/model.onnx`` or ``<run>/model.torchscript.pt``).
+        out: Output file (default: ``<run>/model.onnx`` or ``<run>/model.torchscript.pt`` in the
+            learner's run folder, :attr:`graft.Learner.run_dir`).
         check: Images or folders for the parity check (default: the run's labeled test split or
             val split, from the data folder it was trained on).
 
@@ -87,9 +88,9 @@ def export(
     if fmt not in FORMATS:
         raise GraftError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
     if out is None:
-        if not learn.config.out:
+        if learn.run_dir is None:
             raise GraftError("export needs an output file (out=...)")
-        out = Path(learn.config.out) / f"model{FORMATS[fmt]}"
+        out = Path(learn.run_dir) / f"model{FORMATS[fmt]}"
     out = Path(out)
     t0 = time.perf_counter()
     samples = _check_samples(learn, check)
@@ -128,7 +129,7 @@ def _write_checked(
             warnings.simplefilter("ignore")  # torch.jit's deprecation notices
             traced = torch.jit.trace(model, example)
             torch.jit.save(traced, str(tmp), _extra_files={"graft.json": meta})
-    reference, kept = predict_probs(
+    reference, kept = sample_probs(
         model, learn.spec, learn.preprocessing, samples, torch.device("cpu"), precision="fp32", fast=model
     )
     exported = _exported_probs(fmt, tmp, learn, [samples[i] for i in kept])
@@ -203,7 +204,7 @@ def _exported_probs(fmt: str, path: Path, learn: Learner, samples: list[Sample])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scripted = torch.jit.load(str(path), map_location="cpu")
-    probs, _ = predict_probs(
+    probs, _ = sample_probs(
         scripted,
         learn.spec,
         learn.preprocessing,

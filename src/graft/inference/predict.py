@@ -21,7 +21,7 @@ from graft.models import ModelSpec
 from graft.models.fuse import inference_model
 
 
-def predict_probs(
+def sample_probs(
     model: nn.Module,
     spec: ModelSpec,
     pre: Preprocessing,
@@ -120,7 +120,7 @@ def _mean_over_views(logits: torch.Tensor, views: int) -> torch.Tensor:
 
 class _FullBatch(nn.Module):
     """Runs a model on exactly ``size`` images: a shorter batch is padded with copies of its last
-    image and only its own rows are returned (see :func:`predict_probs`)."""
+    image and only its own rows are returned (see :func:`sample_probs`)."""
 
     def __init__(self, model: nn.Module, size: int) -> None:
         super().__init__()

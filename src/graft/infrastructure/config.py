@@ -1,14 +1,17 @@
-"""The one typed configuration of a training run.
+"""The one typed configuration of a training run: what was asked, and what ran.
 
-Every option of ``graft train`` is a field here; the CLI builds its flags from these fields
-(``help`` and ``choices`` live in the field metadata), and the resolved config is stored in the
-run's ``graft.json`` so a run can be understood and repeated later.
+Every option of ``graft train`` is a field of :class:`TrainConfig`; the CLI builds its flags from
+these fields (``help`` and ``choices`` live in the field metadata). A ``TrainConfig`` is the user's
+request and is never changed; :meth:`TrainConfig.resolved` returns a separate
+:class:`ResolvedConfig` with every per-context default filled in. A run's ``graft.json`` stores
+both (``config``: the request, ``resolved``: what ran), so a run can be understood and repeated.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from graft.infrastructure.errors import GraftError
@@ -48,10 +51,11 @@ def _opt(help: str, **kw: Any) -> dict:
     return {"help": help, **kw}
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """All options of one training run. ``None`` means "pick the default for the context";
-    :meth:`resolved` fills those in so the saved config says what actually ran."""
+    """All options of one training run, as asked for (immutable: ``dataclasses.replace`` makes a
+    changed copy). ``None`` means "pick the default for the context"; :meth:`resolved` returns the
+    separate record of what actually runs."""
 
     # --- data ---
     data: str = field(default="", metadata=_opt("dataset folder", positional=True))
@@ -210,8 +214,8 @@ class TrainConfig:
         default=True, metadata=_opt("write report.html (curves, confusion matrix, top losses) after training")
     )
 
-    def resolved(self, cached: bool = True) -> TrainConfig:
-        """A copy with per-context defaults filled in and values checked.
+    def resolved(self, cached: bool = True) -> ResolvedConfig:
+        """What this request runs as: per-context defaults filled in, values checked.
 
         Args:
             cached: Whether frozen epochs will run on cached features (they are cheap then, so
@@ -220,19 +224,17 @@ class TrainConfig:
         Raises:
             GraftError: For an out-of-range or inconsistent option.
         """
-        c = dataclasses.replace(self)
-        if c.mode not in MODES:
-            raise GraftError(f"unknown mode '{c.mode}'; choose one of {', '.join(MODES)}")
-        if c.optimizer not in OPTIMIZERS:
-            raise GraftError(f"unknown optimizer '{c.optimizer}'; choose one of {', '.join(OPTIMIZERS)}")
-        if c.schedule not in SCHEDULES:
-            raise GraftError(f"unknown schedule '{c.schedule}'; choose one of {', '.join(SCHEDULES)}")
-        if c.monitor not in MONITORS:
-            raise GraftError(f"unknown monitor '{c.monitor}'; choose one of {', '.join(MONITORS)}")
-        if c.log not in LOGGERS:
-            raise GraftError(f"unknown logger '{c.log}'; choose one of {', '.join(LOGGERS)}")
-        if c.normalize not in NORMALIZE:
-            raise GraftError(f"unknown normalize '{c.normalize}'; choose one of {', '.join(NORMALIZE)}")
+        c = SimpleNamespace(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        for option, value, choices in (
+            ("mode", c.mode, MODES),
+            ("optimizer", c.optimizer, OPTIMIZERS),
+            ("schedule", c.schedule, SCHEDULES),
+            ("monitor", c.monitor, MONITORS),
+            ("logger", c.log, LOGGERS),
+            ("normalize", c.normalize, NORMALIZE),
+        ):
+            if value not in choices:
+                raise GraftError(f"unknown {option} '{value}'; choose one of {', '.join(choices)}")
         if c.mode == "scratch":
             c.pretrained = False
         if not c.pretrained and not c.weights:
@@ -262,25 +264,8 @@ class TrainConfig:
             c.lr_mult = 100.0 if c.mode == "finetune" else 1.0
         if c.weight_decay is None:
             c.weight_decay = DEFAULT_WEIGHT_DECAY[c.optimizer]
-        checks = [
-            (c.epochs >= 0 and c.freeze_epochs >= 0, "epochs must be >= 0"),
-            (c.epochs + c.freeze_epochs > 0, "nothing to train: epochs and freeze-epochs are both 0"),
-            (c.batch_size >= 1, "batch size must be >= 1"),
-            ((c.lr == "auto" or c.lr > 0) and c.lr_mult >= 1, "lr must be > 0 and lr-mult >= 1"),
-            (0 <= c.label_smoothing < 1, "label smoothing must be in [0, 1)"),
-            (0 < c.min_scale <= 1, "min-scale must be in (0, 1]"),
-            (c.crop_padding >= 0, "crop-padding must be >= 0"),
-            (c.head is None or c.head >= 1, "head width must be >= 1"),
-            (c.input_size is None or c.input_size >= 16, "input size must be >= 16 pixels"),
-            (c.patience is None or c.patience >= 1, "patience must be >= 1"),
-            (c.cache_views >= 0, "cache-views must be >= 0"),
-            (0 < c.ema_decay < 1, "ema-decay must be in (0, 1)"),
-            (c.unfreeze_below is None or 0 < c.unfreeze_below <= 1, "unfreeze-below must be in (0, 1]"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise GraftError(message)
-        return c
+        _check_values(c)
+        return ResolvedConfig(**vars(c))
 
     def to_dict(self) -> dict:
         """JSON-ready dict of every field."""
@@ -291,3 +276,38 @@ class TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys are ignored (older or newer runs)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _check_values(c: SimpleNamespace) -> None:
+    """Refuse out-of-range values of a config being resolved."""
+    checks = [
+        (c.epochs >= 0 and c.freeze_epochs >= 0, "epochs must be >= 0"),
+        (c.epochs + c.freeze_epochs > 0, "nothing to train: epochs and freeze-epochs are both 0"),
+        (c.batch_size >= 1, "batch size must be >= 1"),
+        ((c.lr == "auto" or c.lr > 0) and c.lr_mult >= 1, "lr must be > 0 and lr-mult >= 1"),
+        (0 <= c.label_smoothing < 1, "label smoothing must be in [0, 1)"),
+        (0 < c.min_scale <= 1, "min-scale must be in (0, 1]"),
+        (c.crop_padding >= 0, "crop-padding must be >= 0"),
+        (c.head is None or c.head >= 1, "head width must be >= 1"),
+        (c.input_size is None or c.input_size >= 16, "input size must be >= 16 pixels"),
+        (c.patience is None or c.patience >= 1, "patience must be >= 1"),
+        (c.cache_views >= 0, "cache-views must be >= 0"),
+        (0 < c.ema_decay < 1, "ema-decay must be in (0, 1)"),
+        (c.unfreeze_below is None or 0 < c.unfreeze_below <= 1, "unfreeze-below must be in (0, 1]"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise GraftError(message)
+
+
+@dataclass(frozen=True)
+class ResolvedConfig(TrainConfig):
+    """What a run ran with: a :class:`TrainConfig` whose per-context defaults are filled in
+    (``epochs``, ``freeze_epochs``, ``unfreeze_below``, ``lr``, ``lr_mult``, ``weight_decay``,
+    ``pretrained`` and ``freeze_bn`` for ``scratch``…), made only by :meth:`TrainConfig.resolved`
+    (or read back from a run). The same field names, so the training engine reads either.
+
+    ``lr`` stays ``"auto"`` until the range test has run: :meth:`graft.Learner.fit` then records
+    the rate it found here (a new record), never in the request. Resolving it again changes
+    nothing.
+    """

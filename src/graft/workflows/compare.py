@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING
 from graft.infrastructure.config import TrainConfig
 from graft.infrastructure.errors import GraftError
 from graft.infrastructure.fileio import atomic_write_text
+from graft.learner.factories import load_data
 from graft.learner.learner import Learner
+from graft.workflows.train import train
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -88,6 +90,7 @@ def compare(
     *,
     pretrained_mode: str = "finetune",
     out: str | Path | None = None,
+    overwrite: bool = True,
     log: Callable[[str], None] = print,
 ) -> Comparison:
     """Train ``config.arch`` pretrained and from scratch with the same budget.
@@ -103,7 +106,10 @@ def compare(
             hymenoptera val stayed at 0.46-0.54), or ``features`` (only the head trains: the tutorials'
             "feature extraction").
         out: Folder for ``compare.png``/``compare.csv``/``compare.json`` and the two runs
-            (``pretrained/`` and ``scratch/``, each a run folder); None writes nothing.
+            (``pretrained/`` and ``scratch/``, each a run folder written by
+            :func:`graft.workflows.train.train`, as ``graft train`` writes one); None writes nothing.
+        overwrite: Replace runs already in ``out`` (``graft compare`` asks for ``--overwrite``
+            before it gets here).
         log: Receives progress lines.
 
     Raises:
@@ -119,25 +125,23 @@ def compare(
         "pretrained": dataclasses.replace(base, mode=pretrained_mode, pretrained=True),
         "scratch": dataclasses.replace(base, mode="scratch", pretrained=False, weights=None),
     }
+    for cfg in runs.values():
+        cfg.resolved()  # both runs' options are valid before either trains
+    data = load_data(config)
+    if not data.splits.get("val"):
+        raise GraftError("compare needs a validation split to plot")
     result = Comparison(arch=config.arch, pretrained_mode=pretrained_mode)
     for name, cfg in runs.items():
-        cfg = cfg.resolved()
-        if out is not None:
-            cfg.out = str(Path(out) / name)
         log(f"--- {name}: {cfg.arch}, mode {cfg.mode}, {epochs} epochs")
-        learn = Learner.from_config(cfg)
-        if not learn.data.splits.get("val"):
-            raise GraftError("compare needs a validation split to plot")
-        learn.fit(cfg, log=log)
+        if out is None:  # nothing to write: training alone
+            learn = Learner.from_config(cfg, data=data)
+            learn.fit(log=log)
+        else:  # the run folder graft train writes
+            cfg = dataclasses.replace(cfg, out=str(Path(out) / name))
+            learn = train(cfg, overwrite=overwrite, data=data, log=log).learner
         result.val_acc[name] = [float(r["val_acc"]) for r in learn.history]
         result.val_loss[name] = [float(r["val_loss"]) for r in learn.history]
         result.seconds[name] = float(learn.metrics["train_seconds"])
-        if out is not None:
-            learn.save(cfg.out)
-            if cfg.report:
-                from graft.workflows.report import write_report
-
-                write_report(learn, out=cfg.out)
     if out is not None:
         _write(result, Path(out))
     return result

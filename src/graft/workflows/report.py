@@ -89,7 +89,7 @@ def write_report(
         learn: A trained (or loaded) learner; its history, config, split and metrics are shown.
         interp: Predictions to show; default: :meth:`Learner.interpret` on the learner's own data
             (the labeled test split if there is one, else val).
-        out: Folder to write to (default: the run folder, ``learn.config.out``).
+        out: Folder to write to (default: the run folder, ``learn.run_dir``).
         top_losses: Images in the top-losses grid.
         samples: Images in the sample-predictions grid.
 
@@ -100,9 +100,9 @@ def write_report(
 
     if top_losses < 1 or samples < 1:
         raise GraftError("the report needs at least 1 top-loss image and 1 sample image")
-    if out is None and not learn.config.out:
+    if out is None and learn.run_dir is None:
         raise GraftError("write_report needs out=FOLDER (this learner has no run folder)")
-    out = Path(out or learn.config.out)
+    out = Path(out or learn.run_dir)
     interp = interp if interp is not None else learn.interpret()
     figures = {
         "curves": plot_history(learn.history) if learn.history else None,
@@ -163,7 +163,7 @@ def _section(key: str, title: str, body: str) -> str:
 
 
 def _summary(learn: Learner, interp: Interpretation) -> str:
-    cfg, spec, pre, m = learn.config, learn.spec, learn.preprocessing, learn.metrics
+    cfg, spec, pre, m = learn.resolved_config or learn.config, learn.spec, learn.preprocessing, learn.metrics
     result = interp.result
     facts = [
         [
@@ -190,7 +190,7 @@ def _summary(learn: Learner, interp: Interpretation) -> str:
         [
             "evaluated on",
             f"{interp.source}: {plural(result.n, 'image')}"
-            + (f", {interp.skipped} skipped (undecodable)" if interp.skipped else "")
+            + (f", {interp.undecodable} skipped (undecodable)" if interp.undecodable else "")
             + (f", test-time augmentation ({interp.tta} views)" if interp.tta else ""),
         ],
         ["accuracy", f"{_fmt(result.accuracy)} (loss {_fmt(result.loss)})"],

@@ -1,0 +1,220 @@
+"""The inference half of a :class:`~graft.learner.learner.Learner`: its network evaluated on
+labeled images and run on image files or decoded images.
+
+Batch size, workers, precision and test-time augmentation are arguments of each call (defaults:
+the run's ``workers`` option, :attr:`Classifier.precision`); nothing here changes the learner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from graft.data.dataset import ImageData, Sample
+from graft.data.selection import eval_samples, expand_paths
+from graft.data.transforms import Preprocessing, eval_transform
+from graft.evaluation.interpret import Interpretation
+from graft.evaluation.metrics import EvalResult
+from graft.inference.predict import sample_probs
+from graft.inference.predictions import Prediction, top_k
+from graft.infrastructure.config import INFERENCE_PRECISIONS, TrainConfig
+from graft.infrastructure.errors import GraftError
+from graft.infrastructure.runtime import autocast, channels_last, check_precision
+from graft.models import ModelSpec
+from graft.models.fuse import inference_model
+
+
+class Classifier:
+    """Evaluation and prediction for a learner (the base of :class:`~graft.learner.learner.Learner`,
+    which sets these attributes).
+
+    Attributes:
+        model: The network, on ``device``.
+        spec: What rebuilds it.
+        preprocessing: The images it expects.
+        classes: Its output classes, in order.
+        device: Where it runs.
+        data: Its dataset (None when loaded only to predict).
+        split: The exact split it was trained on (``ImageData.to_record()``), for evaluation.
+        config: Its options (``workers`` and ``cache_features`` are read here).
+    """
+
+    model: torch.nn.Module
+    spec: ModelSpec
+    preprocessing: Preprocessing
+    classes: list[str]
+    device: torch.device
+    data: ImageData | None
+    split: dict | None
+    config: TrainConfig
+    _precision: str
+    _fast: tuple[tuple, torch.nn.Module] | None
+
+    def evaluate(
+        self,
+        data: str | Path | ImageData | None = None,
+        split: str | None = None,
+        *,
+        tta: bool | int = False,
+        batch_size: int | None = None,
+        workers: int | None = None,
+        precision: str | None = None,
+    ) -> EvalResult:
+        """Evaluate on labeled images the model did not train on.
+
+        Args:
+            data: None for this learner's data; an :class:`ImageData`; a folder of class
+                folders; or a dataset root (with ``split``, or the labeled test split if any, else val).
+                For datasets split by fractions, the split saved at training time is reused.
+            split: ``"test"`` or ``"val"`` (or ``"train"``).
+            tta: Average test-time augmentation views: True or 2 (centre and mirror), or 4 (also
+                the two end crops).
+            batch_size: Images per forward pass (default: 32 on a CPU, more on a GPU); it changes
+                speed and memory, not the answers (beyond the last float bits).
+            workers: Data-loading worker processes (default: the run's ``workers`` option, else
+                from the core count).
+            precision: Arithmetic of the forward passes (default: :attr:`precision`).
+        """
+        return self.interpret(
+            data, split, tta=tta, batch_size=batch_size, workers=workers, precision=precision
+        ).result
+
+    def interpret(
+        self,
+        data: str | Path | ImageData | None = None,
+        split: str | None = None,
+        *,
+        tta: bool | int = False,
+        batch_size: int | None = None,
+        workers: int | None = None,
+        precision: str | None = None,
+    ) -> Interpretation:
+        """Predictions on labeled images, with confusion, top losses and plots (see :meth:`evaluate`
+        for the arguments)."""
+        samples, source = eval_samples(
+            data if data is not None else self.data, split, self.classes, self.split
+        )
+        probs, kept = sample_probs(
+            self.model,
+            self.spec,
+            self.preprocessing,
+            samples,
+            self.device,
+            use_cache=self.config.cache_features,
+            **self._inference_options(batch_size, workers, precision),
+            tta=tta,
+        )
+        if probs.shape[0] == 0:
+            probs = np.zeros((0, len(self.classes)))
+        return Interpretation(
+            classes=list(self.classes),
+            paths=[samples[i].path for i in kept],
+            labels=np.array([samples[i].label for i in kept], dtype=np.int64),
+            probs=probs,
+            preprocessing=self.preprocessing,
+            source=source,
+            undecodable=len(samples) - len(kept),
+            tta=2 if tta is True else int(tta),
+        )
+
+    def predict(
+        self,
+        paths: str | Path | Sequence[str | Path],
+        k: int = 1,
+        *,
+        tta: bool | int = False,
+        batch_size: int | None = None,
+        workers: int | None = None,
+        precision: str | None = None,
+    ) -> list[Prediction]:
+        """Top-``k`` predictions for image files and/or folders (searched recursively).
+
+        Undecodable files are warned about and left out. ``tta``, ``batch_size``, ``workers``,
+        ``precision``: see :meth:`evaluate`.
+        """
+        kept, probs = self.predict_probs(
+            paths, tta=tta, batch_size=batch_size, workers=workers, precision=precision
+        )
+        return top_k(probs, kept, self.classes, k)
+
+    def predict_probs(
+        self,
+        paths: str | Path | Sequence[str | Path],
+        *,
+        tta: bool | int = False,
+        batch_size: int | None = None,
+        workers: int | None = None,
+        precision: str | None = None,
+    ) -> tuple[list[Path], np.ndarray]:
+        """Full class probabilities (columns in ``self.classes`` order) for the decodable images
+        (the other arguments: see :meth:`evaluate`).
+
+        Returns:
+            ``(paths, probs)``: the images that could be decoded, and one row of probabilities each.
+        """
+        samples = [Sample(p, None) for p in expand_paths(paths)]
+        probs, kept = sample_probs(
+            self.model,
+            self.spec,
+            self.preprocessing,
+            samples,
+            self.device,
+            fast=self._inference_model(),
+            **self._inference_options(batch_size, workers, precision),
+            tta=tta,
+        )
+        return [samples[i].path for i in kept], probs
+
+    def _inference_options(self, batch_size: int | None, workers: int | None, precision: str | None) -> dict:
+        """The forward passes' batch size, workers and precision: the arguments, checked, or this
+        learner's defaults."""
+        if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
+            raise GraftError(f"the batch size must be a whole number of at least 1, not {batch_size!r}")
+        if workers is not None and not (isinstance(workers, int) and workers >= 0):
+            raise GraftError(f"workers must be a whole number of at least 0, not {workers!r}")
+        return {
+            "batch_size": batch_size,
+            "workers": self.config.workers if workers is None else workers,
+            "precision": self.precision
+            if precision is None
+            else check_precision(precision, self.device, INFERENCE_PRECISIONS),
+        }
+
+    @torch.inference_mode()
+    def predict_images(self, images: Sequence[Image.Image | torch.Tensor]) -> np.ndarray:
+        """Class probabilities (rows in input order) for decoded RGB images held in memory, as
+        a server receives them; preprocessing as in :meth:`predict_probs`, in one batch. A tensor
+        is taken as already preprocessed (the eval transform's output)."""
+        if not images:
+            return np.zeros((0, len(self.classes)))
+        transform = eval_transform(self.preprocessing)
+        x = torch.stack([im if isinstance(im, torch.Tensor) else transform(im) for im in images])
+        x = channels_last(x.to(self.device))
+        with autocast(self.device, self.precision):
+            logits = self._inference_model()(x)
+        return torch.softmax(logits.double(), dim=1).cpu().numpy()
+
+    def _inference_model(self) -> torch.nn.Module:
+        """The BatchNorm-folded copy used for prediction, rebuilt only when the weights changed
+        (every in-place update, e.g. an optimizer step or ``load_state_dict``, bumps a tensor's
+        version counter)."""
+        state = self.model.state_dict()
+        stamp = tuple((t.data_ptr(), t._version) for t in state.values())
+        if self._fast is None or self._fast[0] != stamp:
+            self._fast = (stamp, inference_model(self.model, self.preprocessing.input_size, self.device))
+        return self._fast[1]
+
+    @property
+    def precision(self) -> str:
+        """Arithmetic of evaluation and prediction by default: ``fp32`` (the numbers agree with
+        the val metrics of training, with the other commands and with the export, on any machine),
+        or ``bf16``/``fp16``, faster where the hardware has them, by about 1e-2 in probability."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, name: str) -> None:
+        self._precision = check_precision(name, self.device, INFERENCE_PRECISIONS)
