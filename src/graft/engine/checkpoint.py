@@ -44,7 +44,7 @@ class Progress:
         history: One row per finished epoch.
         image_epochs: Epochs run on the images (the sampler's epoch counter).
         failed: Files that could not be decoded (each warned about once).
-        skipped: Why the unfrozen phase was skipped, if it was.
+        unfreeze_skipped: Why the unfrozen phase was skipped, if it was.
         stopped: Why a phase stopped early, if one did.
     """
 
@@ -56,8 +56,17 @@ class Progress:
     history: list[dict] = field(default_factory=list)
     image_epochs: int = 0
     failed: list[str] = field(default_factory=list)
-    skipped: str | None = None
+    unfreeze_skipped: str | None = None
     stopped: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Progress:
+        """Read back ``dataclasses.asdict(progress)``, also as checkpoints before the rename of
+        ``skipped`` wrote it."""
+        d = dict(d)
+        if "skipped" in d:
+            d.setdefault("unfreeze_skipped", d.pop("skipped"))
+        return cls(**d)
 
 
 @dataclass
@@ -71,6 +80,7 @@ class Checkpoint:
     scheduler: dict | None
     rng: dict
     meta: dict
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def save_checkpoint(
@@ -82,6 +92,7 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     generators: dict[str, torch.Generator],
     meta: dict,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> bool:
     """Write ``run_dir/checkpoint.safetensors`` atomically.
 
@@ -97,6 +108,8 @@ def save_checkpoint(
         scheduler: Its learning-rate scheduler.
         generators: Named generators besides the global ones (e.g. the cached-feature shuffle).
         meta: JSON-ready description the resume rebuilds the learner from.
+        extra: More tensors to give back on resume (:attr:`Checkpoint.extra`), e.g. the state
+            of callbacks such as the EMA of the weights.
 
     Returns:
         False (with a warning) if the file could not be written, e.g. on a full disk: training
@@ -118,6 +131,7 @@ def save_checkpoint(
                     tensors[f"optim.{pid}.{key}"] = value
                 else:
                     scalars[f"{pid}.{key}"] = value
+    tensors.update({f"extra.{k}": v for k, v in (extra or {}).items()})
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -161,7 +175,7 @@ def _open(run_dir: str | Path, tensors: bool) -> tuple[dict, dict[str, torch.Ten
         with safe_open(str(path), framework="pt") as f:
             body = json.loads((f.metadata() or {})["graft"])
             found = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118
-        Progress(**body["progress"])
+        Progress.from_dict(body["progress"])
         if body.get("format") != FORMAT:
             raise ValueError(f"unsupported checkpoint format {body.get('format')!r}")
     except Exception as e:  # a damaged file must be one clear line, whatever the parser raised
@@ -186,7 +200,7 @@ def read_checkpoint(run_dir: str | Path) -> Checkpoint:
         GraftError: If there is none, or it is not a graft checkpoint.
     """
     body, tensors = _open(run_dir, tensors=True)
-    progress = Progress(**body["progress"])
+    progress = Progress.from_dict(body["progress"])
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -215,6 +229,7 @@ def read_checkpoint(run_dir: str | Path) -> Checkpoint:
         scheduler=body["scheduler"],
         rng=rng,
         meta=body["meta"],
+        extra=part("extra."),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -31,6 +32,40 @@ class EpochStats:
     failed: list[int] = field(default_factory=list)
 
 
+class StepHooks(Protocol):
+    """What :func:`train_epoch` calls at every batch (the trainer implements it for its callbacks)."""
+
+    def after_loss(self, loss: torch.Tensor) -> bool:
+        """Called with the batch's loss once its gradients are in, before the optimizer step.
+
+        Returns:
+            True to stop the epoch here, without the step (a NaN never reaches the weights).
+        """
+        ...
+
+    def after_step(self) -> bool:
+        """Called after the optimizer (and scheduler) step.
+
+        Returns:
+            True to stop the epoch after this step.
+        """
+        ...
+
+
+class RaiseOnNonFinite:
+    """The hooks of a bare :func:`train_epoch` call: stop with an error on a NaN or infinite loss."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+
+    def after_loss(self, loss: torch.Tensor) -> bool:
+        check_finite(loss, self.desc)
+        return False
+
+    def after_step(self) -> bool:
+        return False
+
+
 def train_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -43,6 +78,7 @@ def train_epoch(
     desc: str,
     precision: str = "fp32",
     pieces: Pieces | None = None,
+    hooks: StepHooks | None = None,
 ) -> EpochStats:
     """One pass over ``loader`` with an optimizer and scheduler step per batch.
 
@@ -53,9 +89,17 @@ def train_epoch(
     take the same steps: a batch in which one rank could decode no image is skipped by all.
     The statistics returned are this rank's; the caller sums them over ranks.
 
+    ``model`` may be any module whose output the loss takes: cached feature vectors train the
+    head through this same loop (:class:`~graft.engine.passes.FeaturePass`).
+
+    Args:
+        hooks: Called at every batch, and may end the epoch early (:class:`StepHooks`). Without
+            them, a NaN or infinite loss raises (:class:`RaiseOnNonFinite`).
+
     Raises:
-        GraftError: If the loss becomes NaN or infinite (the caller keeps the best weights so far).
+        GraftError: Without ``hooks``, if the loss becomes NaN or infinite.
     """
+    hooks = hooks or RaiseOnNonFinite(desc)
     stats = EpochStats()
     total_loss, correct = 0.0, 0
     ranks = world()
@@ -84,7 +128,8 @@ def train_epoch(
         done = pieces.run(piece, x, y, before=lambda: optimizer.zero_grad(set_to_none=True))
         loss = torch.stack([part for part, _ in done]).sum()
         logits = torch.cat([lg for _, lg in done])
-        check_finite(loss, desc)  # before the step: a NaN never reaches the weights
+        if hooks.after_loss(loss):  # before the step: a NaN never reaches the weights
+            break
         scaler.step(optimizer)
         scaler.update()
         stats.lr_max = max(stats.lr_max, optimizer.param_groups[-1]["lr"])
@@ -93,9 +138,25 @@ def train_epoch(
         correct += (logits.argmax(1) == y).sum().item()
         stats.n += n
         bar.set_postfix(loss=f"{total_loss / stats.n:.4f}")
+        if hooks.after_step():
+            break
+    bar.close()
     if stats.n:
         stats.loss, stats.acc = total_loss / stats.n, correct / stats.n
     return stats
+
+
+def non_finite(loss: torch.Tensor, desc: str) -> str | None:
+    """What to say if the loss is NaN or infinite (on any rank: then every rank stops at the same
+    step), else None."""
+    value = loss.item()
+    bad = not math.isfinite(value)
+    if world().enabled:
+        bad = all_sum([float(bad)])[0] > 0
+    if not bad:
+        return None
+    what = f"became {value}" if not math.isfinite(value) else "became non-finite on another process"
+    return f"loss {what} during {desc}; lower --lr (the best weights so far are kept)"
 
 
 def check_finite(loss: torch.Tensor, desc: str) -> None:
@@ -104,10 +165,6 @@ def check_finite(loss: torch.Tensor, desc: str) -> None:
     Raises:
         GraftError: Naming the epoch; the caller keeps the best weights so far.
     """
-    value = loss.item()
-    bad = not math.isfinite(value)
-    if world().enabled:
-        bad = all_sum([float(bad)])[0] > 0
-    if bad:
-        what = f"became {value}" if not math.isfinite(value) else "became non-finite on another process"
-        raise GraftError(f"loss {what} during {desc}; lower --lr (the best weights so far are kept)")
+    message = non_finite(loss, desc)
+    if message:
+        raise GraftError(message)

@@ -1,4 +1,5 @@
-"""The learning-rate range test (Smith 2015; fastai's ``lr_find``).
+"""The learning-rate range test (Smith 2015; fastai's ``lr_find``): the trainer's own loop with
+one callback, :class:`LRRange`.
 
 Train for up to ``num_it`` batches while the learning rate grows exponentially from ``start_lr``
 to ``end_lr``, record the smoothed loss, stop once it diverges, then put the weights back. The
@@ -8,6 +9,7 @@ the loss keeps falling.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import time
@@ -20,12 +22,11 @@ from torch import nn
 
 from graft.data.dataset import ImageData
 from graft.data.transforms import Preprocessing
-from graft.engine.optim import apply_phase, make_optimizer, plan_phases, set_train_mode
-from graft.engine.passes import ImagePass, feature_pass
-from graft.features.extract import feature_head
+from graft.engine.callbacks import Callback
+from graft.engine.optim import plan_phases
+from graft.engine.training import Trainer
 from graft.infrastructure.config import TrainConfig
 from graft.infrastructure.errors import GraftError
-from graft.infrastructure.runtime import precision_plan
 from graft.models import ModelSpec, body_blocks
 from graft.models.weights import load_state
 
@@ -104,8 +105,54 @@ def valley(lrs: list[float], losses: list[float]) -> float | None:
     return float(lrs[start + int(third) + int(third / 2)])
 
 
-class _Stop(Exception):
-    """Ends the test from inside the training loop."""
+class LRRange(Callback):
+    """The range test as a callback: the learning rate grows exponentially with every step, the
+    smoothed loss of each step is recorded in ``result``, and the trainer is stopped at
+    ``num_it`` steps or once the loss diverges.
+
+    Args:
+        result: Where the steps go (``lrs``, ``losses``, ``stopped``).
+        start_lr: The head's first learning rate.
+        end_lr: Its rate after ``num_it`` steps.
+        num_it: Steps at most.
+    """
+
+    def __init__(self, result: LRFind, start_lr: float, end_lr: float, num_it: int) -> None:
+        self.result, self.start_lr, self.end_lr, self.num_it = result, start_lr, end_lr, num_it
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.average, self.best, self.before = 0.0, math.inf, 0
+
+    def before_epoch(self, trainer: Trainer) -> None:
+        if self.scheduler is None:  # the sweep replaces the phase's schedule
+            ratio, lr = self.end_lr / self.start_lr, trainer.phase.lr
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                trainer.optimizer, lambda step: self.start_lr * ratio ** (step / self.num_it) / lr
+            )
+            trainer.scheduler = self.scheduler
+        self.before = len(self.result.losses)
+
+    def after_loss(self, trainer: Trainer, loss: torch.Tensor) -> None:
+        result, value = self.result, loss.item()
+        if not math.isfinite(value):
+            result.stopped = "diverged"
+            trainer.stop()
+            return
+        step = len(result.losses)
+        self.average = SMOOTHING * self.average + (1 - SMOOTHING) * value
+        smooth = self.average / (1 - SMOOTHING ** (step + 1))
+        result.lrs.append(trainer.optimizer.param_groups[-1]["lr"])
+        result.losses.append(smooth)
+        self.best = min(self.best, smooth)
+        if smooth > DIVERGED * self.best:
+            result.stopped = "diverged"
+            trainer.stop()
+        elif step + 1 >= self.num_it:
+            result.stopped = "num_it"
+            trainer.stop()
+
+    def after_epoch(self, trainer: Trainer, row: dict) -> None:
+        if len(self.result.losses) == self.before:
+            trainer.stop()  # an epoch without a single batch: nothing more to learn from
 
 
 def lr_find(
@@ -142,52 +189,22 @@ def lr_find(
     phase = plan_phases(cfg, [name for name, _ in body_blocks(model, spec)])[0]
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     t0 = time.perf_counter()
-    plan = precision_plan(cfg.precision, device)
-    cached = phase.name == "frozen" and cfg.cache_features and feature_head(model, spec) is not None
-    runner = (
-        feature_pass(model, spec, pre, data, cfg, device, plan, log)
-        if cached
-        else ImagePass(model, pre, data, cfg, device, plan)
-    )
-    optimizer = make_optimizer(apply_phase(model, spec, phase), cfg)
-    ratio = end_lr / start_lr
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: start_lr * ratio ** (step / num_it) / phase.lr
-    )
     result = LRFind(phase=phase.name)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    average, best = 0.0, math.inf
-
-    def recording_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        nonlocal average, best
-        loss = loss_fn(logits, target)
-        value = loss.item()
-        if not math.isfinite(value):
-            result.stopped = "diverged"
-            raise _Stop
-        step = len(result.losses)
-        average = SMOOTHING * average + (1 - SMOOTHING) * value
-        smooth = average / (1 - SMOOTHING ** (step + 1))
-        result.lrs.append(optimizer.param_groups[-1]["lr"])
-        result.losses.append(smooth)
-        best = min(best, smooth)
-        if smooth > DIVERGED * best:
-            result.stopped = "diverged"
-            raise _Stop
-        if step + 1 >= num_it:
-            result.stopped = "num_it"
-            raise _Stop
-        return loss
-
+    # Training only: no val split to score (each epoch has a step, so num_it epochs are enough).
+    train_only = dataclasses.replace(data, splits={"train": data.splits["train"]})
+    trainer = Trainer(
+        model,
+        spec,
+        pre,
+        train_only,
+        cfg,
+        device,
+        log,
+        callbacks=[LRRange(result, start_lr, end_lr, num_it)],
+        phases=[dataclasses.replace(phase, epochs=num_it)],
+    )
     try:
-        while True:
-            set_train_mode(model, spec, phase, cfg.freeze_bn)
-            before = len(result.losses)
-            runner.train_epoch(optimizer, scheduler, recording_loss, "lr-find")
-            if len(result.losses) == before:
-                break  # an epoch without a single batch: nothing more to learn from
-    except _Stop:
-        pass
+        trainer.fit()
     finally:
         load_state(model, state)
         for p in model.parameters():

@@ -1,18 +1,19 @@
 """What one epoch runs on: the images themselves (:class:`ImagePass`) or cached body features
-(:func:`feature_pass`); both give ``fit`` the same interface."""
+(:func:`feature_pass`); both implement :class:`Pass`, all the trainer knows of them."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from graft.data.dataset import ImageData
-from graft.data.loaders import inference_workers, make_loader
+from graft.data.loaders import Batch, inference_workers, make_loader
 from graft.data.transforms import Augmentation, Preprocessing, eval_transform, train_transform
-from graft.engine.loop import EpochStats, check_finite, train_epoch
+from graft.engine.loop import EpochStats, StepHooks, train_epoch
 from graft.features.cache import FeatureCache, default_cache_root
 from graft.features.extract import (
     Features,
@@ -30,6 +31,40 @@ from graft.infrastructure.errors import GraftError
 from graft.infrastructure.memory import Pieces
 from graft.infrastructure.runtime import PrecisionPlan, grad_scaler, inference_batch_size
 from graft.models import ModelSpec
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Pass(Protocol):
+    """What the trainer runs an epoch on.
+
+    Attributes:
+        steps_per_epoch: Optimizer steps in one epoch (the schedule's length depends on it).
+        epochs_run: Epochs trained so far (for images, the sampler's epoch: a resume sets it).
+        generators: Random-number generators of its own that a checkpoint must record.
+    """
+
+    steps_per_epoch: int
+    epochs_run: int
+
+    @property
+    def generators(self) -> dict[str, torch.Generator]: ...
+
+    def train_epoch(
+        self,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        loss_fn: LossFn,
+        desc: str,
+        hooks: StepHooks | None = None,
+    ) -> EpochStats:
+        """One epoch of training with a step per batch (:func:`~graft.engine.loop.train_epoch`)."""
+        ...
+
+    def validate(self, model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """``(logits, sample indices, failed)`` of the val split, for the model trained (or
+        ``model``, a copy of it such as an EMA of its weights); empty without a val split."""
+        ...
 
 
 def _augmentation(cfg: TrainConfig) -> Augmentation:
@@ -117,7 +152,18 @@ class ImagePass:
             self._net = (trainable, torch.compile(net) if self.cfg.compile else net)
         return self._net[1]
 
-    def train_epoch(self, optimizer, scheduler, loss_fn, desc: str) -> EpochStats:
+    @property
+    def generators(self) -> dict[str, torch.Generator]:
+        return {}  # the loaders' shuffles follow from the seed and epochs_run
+
+    def train_epoch(
+        self,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        loss_fn: LossFn,
+        desc: str,
+        hooks: StepHooks | None = None,
+    ) -> EpochStats:
         net = self._network()
         self.train_loader.sampler.set_epoch(self.epochs_run)  # a new shuffle and new augmentations
         if self.world.enabled:
@@ -136,14 +182,15 @@ class ImagePass:
             desc=desc,
             precision=self.precision,
             pieces=self.pieces,
+            hooks=hooks,
         )
         return combine_stats(stats) if self.world.enabled else stats
 
-    def validate(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    def validate(self, model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         if self.val_loader is None:
             return torch.empty(0, 0), torch.empty(0, dtype=torch.long), []
         logits, idx, failed = infer(
-            self.model, self.val_loader, self.device, desc="val", precision=self.val_precision
+            model or self.model, self.val_loader, self.device, desc="val", precision=self.val_precision
         )
         if not self.world.enabled:
             return logits, idx, failed
@@ -214,6 +261,7 @@ def feature_pass(
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         device=device,
+        head_of=lambda m: feature_head(m, spec),
     )
 
 
@@ -241,17 +289,19 @@ def _cached_features(
 
 
 class FeaturePass:
-    """Frozen epochs on cached vectors: the same interface as the image path in ``fit``.
+    """Frozen epochs on cached vectors, through the same loop as the images.
 
     Each epoch shuffles the training images and, with several cached views, picks one view per
     image at random (seeded), then trains ``head`` batch by batch exactly as the full model would
-    (the same pre-head dropout, loss, optimizer and per-batch schedule).
+    (the same pre-head dropout, loss, optimizer and per-batch schedule), through
+    :func:`~graft.engine.loop.train_epoch` with :class:`_DroppedHead` as the model.
 
     Args:
         head: The model's head module (trained in place).
         dropout: Pre-head dropout rate (:func:`pre_head_dropout`).
         train: Training vectors; ``labels`` holds every training sample's label.
         val: Eval-view vectors of the val samples (None without a val split).
+        head_of: The head of another copy of the model (to validate, say, an EMA of its weights).
     """
 
     def __init__(
@@ -266,8 +316,11 @@ class FeaturePass:
         batch_size: int,
         seed: int,
         device: torch.device,
+        head_of: Callable[[nn.Module], nn.Module | None] | None = None,
     ) -> None:
         self.head, self.dropout, self.device = head, dropout, device
+        self.net = _DroppedHead(head, dropout)
+        self.head_of = head_of
         self.train_set, self.val_set = train, val
         self.x, self.y = train.vectors, labels[train.index]
         self.val_labels = val_labels
@@ -277,45 +330,78 @@ class FeaturePass:
         self.drop_last = n > batch_size
         self.steps_per_epoch = max(1, n // batch_size if self.drop_last else -(-n // batch_size))
         self.generator = torch.Generator().manual_seed(seed)
+        self.epochs_run = 0
+
+    @property
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"features": self.generator}
+
+    def _batches(self) -> Iterator[Batch]:
+        """This epoch's batches of vectors (the order and views drawn when the epoch starts)."""
+        n, views = self.x.shape[0], self.x.shape[1]
+        order = torch.randperm(n, generator=self.generator)
+        pick = torch.randint(views, (n,), generator=self.generator)
+        for step in range(self.steps_per_epoch):
+            idx = order[step * self.batch_size : (step + 1) * self.batch_size]
+            yield Batch(self.x[idx, pick[idx]], self.y[idx], idx, [])
 
     def train_epoch(
         self,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        loss_fn: LossFn,
         desc: str,
+        hooks: StepHooks | None = None,
     ) -> EpochStats:
         """One pass over the cached training vectors."""
-        n, views = self.x.shape[0], self.x.shape[1]
-        order = torch.randperm(n, generator=self.generator)
-        pick = torch.randint(views, (n,), generator=self.generator)
-        stats = EpochStats(failed=list(self.train_set.failed))
-        total_loss, correct = 0.0, 0
-        for step in range(self.steps_per_epoch):
-            idx = order[step * self.batch_size : (step + 1) * self.batch_size]
-            x = self.x[idx, pick[idx]].to(self.device)
-            y = self.y[idx].to(self.device)
-            logits = self.head(nn.functional.dropout(x, self.dropout, training=True))
-            loss = loss_fn(logits, y)
-            check_finite(loss, desc)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            stats.lr_max = max(stats.lr_max, optimizer.param_groups[-1]["lr"])
-            scheduler.step()
-            total_loss += loss.item() * len(idx)
-            correct += (logits.argmax(1) == y).sum().item()
-            stats.n += len(idx)
-        if stats.n:
-            stats.loss, stats.acc = total_loss / stats.n, correct / stats.n
+        self.epochs_run += 1
+        stats = train_epoch(
+            self.net,
+            _Epoch(self._batches, self.steps_per_epoch),
+            optimizer,
+            scheduler,
+            loss_fn,
+            self.device,
+            grad_scaler(self.device, "fp32"),
+            aux_weight=0.0,
+            desc=desc,
+            hooks=hooks,
+        )
+        stats.failed = list(self.train_set.failed)
         return stats
 
     @torch.inference_mode()
-    def validate(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    def validate(self, model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """``(logits, sample indices, failed)`` of the val set, as
         :func:`~graft.features.forward.infer` returns them."""
         if self.val_set is None or not len(self.val_set.index):
             failed = self.val_set.failed if self.val_set is not None else []
             return torch.empty(0, 0), torch.empty(0, dtype=torch.long), failed
-        logits = head_logits(self.head, self.val_set.vectors[:, 0], self.device)
+        head = self.head if model is None else self.head_of(model)
+        logits = head_logits(head, self.val_set.vectors[:, 0], self.device)
         return logits, self.val_set.index, self.val_set.failed
+
+
+class _Epoch:
+    """An iterable of one epoch's batches with a length (the progress bar shows it)."""
+
+    def __init__(self, batches: Callable[[], Iterator[Batch]], steps: int) -> None:
+        self.batches, self.steps = batches, steps
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.batches()
+
+    def __len__(self) -> int:
+        return self.steps
+
+
+class _DroppedHead(nn.Module):
+    """The head behind the full model's pre-head dropout: what a cached vector goes through."""
+
+    def __init__(self, head: nn.Module, dropout: float) -> None:
+        super().__init__()
+        self.head, self.dropout = head, dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # training=True as the full model in train mode; the head's own mode is set_train_mode's.
+        return self.head(nn.functional.dropout(x, self.dropout, training=True))
