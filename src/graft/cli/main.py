@@ -146,6 +146,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
+    # Long only in declarations: one add_argument per flag, nothing to split out.
     from graft.cli.analysis import add_commands as add_analysis_commands
     from graft.cli.analysis import add_device_arguments, add_tta_argument
     from graft.cli.config_args import add_config_arguments, add_offline_argument

@@ -13,7 +13,8 @@ from graft.infrastructure.text import plural
 if TYPE_CHECKING:
     import numpy as np
 
-    from graft.evaluation.stream import StreamResult
+    from graft.evaluation.stream import Predictor, StreamResult
+    from graft.evaluation.submission import SampleSubmission
     from graft.inference.predictions import Prediction
 
 
@@ -22,32 +23,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from graft.evaluation.stream import parse_shard, predict_to_csv
 
     shard = parse_shard(args.shard) if args.shard is not None else None
-    if args.submission and (args.resume or shard):
-        raise GraftError(
-            "--submission needs every image's probabilities from one run: not with --resume or --shard"
-        )
-    if (args.sample_submission or args.submission_format) and not args.submission:
-        flag = "--sample-submission" if args.sample_submission else "--submission-format"
-        raise GraftError(f"{flag} shapes a submission: add --submission FILE")
-    sample = None
-    if args.sample_submission:
-        from graft.evaluation.submission import read_sample_submission
-
-        sample = read_sample_submission(args.sample_submission)
+    sample = _checked_submission_args(args, shard)
     tta = tta_from_args(args)
-    if args.onnx or (args.run.endswith(".onnx") and Path(args.run).is_file()):
-        # onnxruntime with NumPy preprocessing: torch is never imported on this path.
-        from graft.export.onnx_runtime import OnnxClassifier
-
-        if tta:
-            raise GraftError("--tta is not available with --onnx")
-        if args.precision != "fp32":
-            raise GraftError("--precision is for a run folder: an ONNX model runs as exported (fp32)")
-        model = OnnxClassifier(args.run)
-    else:
-        from graft.learner.learner import load_learner
-
-        model = load_learner(args.run, device=args.device, precision=args.precision)
+    model = _load_model(args, tta)
     if args.submission:  # a sample that does not fit the model fails now, not after predicting
         from graft.evaluation.submission import submission_columns
 
@@ -81,27 +59,75 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     _check_something_predicted(result, args.csv)
     if args.csv:
-        notes = [f"{result.resumed} already there"] if args.resume else []
-        if shard:
-            notes.append(f"shard {args.shard.strip()}: {result.other_shards} files left to other shards")
-        if result.undecodable:
-            notes.append(f"{result.undecodable} undecodable")
-        extra = f" ({'; '.join(notes)})" if notes else ""
-        print(f"wrote {result.written} predictions to {args.csv}{extra}  ({result.seconds:.1f} s)")
+        _print_csv_summary(args, result, shard is not None)
     if args.submission:
-        import numpy as np
-
-        from graft.evaluation.submission import write_submission
-
-        probs = np.concatenate(chunks) if chunks else np.zeros((0, len(model.classes)))
-        sub = write_submission(
-            args.submission, predicted, probs, model.classes, format=args.submission_format, sample=sample
-        )
-        for note in sub.notes:
-            print(f"note: {note}")
-        shape = f"{len(sub.columns)} columns" + (f" from {sample.path.name}" if sample else "")
-        print(f"wrote a {sub.format} submission of {sub.rows} rows, {shape}, to {args.submission}")
+        _write_submission(args, model.classes, predicted, chunks, sample)
     return 0
+
+
+def _checked_submission_args(
+    args: argparse.Namespace, shard: tuple[int, int] | None
+) -> SampleSubmission | None:
+    """Refuse submission flags that cannot go together; the sample submission, read."""
+    if args.submission and (args.resume or shard):
+        raise GraftError(
+            "--submission needs every image's probabilities from one run: not with --resume or --shard"
+        )
+    if (args.sample_submission or args.submission_format) and not args.submission:
+        flag = "--sample-submission" if args.sample_submission else "--submission-format"
+        raise GraftError(f"{flag} shapes a submission: add --submission FILE")
+    if not args.sample_submission:
+        return None
+    from graft.evaluation.submission import read_sample_submission
+
+    return read_sample_submission(args.sample_submission)
+
+
+def _load_model(args: argparse.Namespace, tta: int) -> Predictor:
+    """The run's learner, or with ``--onnx`` the exported model on onnxruntime (torch is never
+    imported on that path: NumPy preprocessing)."""
+    if args.onnx or (args.run.endswith(".onnx") and Path(args.run).is_file()):
+        from graft.export.onnx_runtime import OnnxClassifier
+
+        if tta:
+            raise GraftError("--tta is not available with --onnx")
+        if args.precision != "fp32":
+            raise GraftError("--precision is for a run folder: an ONNX model runs as exported (fp32)")
+        return OnnxClassifier(args.run)
+    from graft.learner.learner import load_learner
+
+    return load_learner(args.run, device=args.device, precision=args.precision)
+
+
+def _print_csv_summary(args: argparse.Namespace, result: StreamResult, sharded: bool) -> None:
+    notes = [f"{result.resumed} already there"] if args.resume else []
+    if sharded:
+        notes.append(f"shard {args.shard.strip()}: {result.other_shards} files left to other shards")
+    if result.undecodable:
+        notes.append(f"{result.undecodable} undecodable")
+    extra = f" ({'; '.join(notes)})" if notes else ""
+    print(f"wrote {result.written} predictions to {args.csv}{extra}  ({result.seconds:.1f} s)")
+
+
+def _write_submission(
+    args: argparse.Namespace,
+    classes: list[str],
+    predicted: list[Path],
+    chunks: list[np.ndarray],
+    sample: SampleSubmission | None,
+) -> None:
+    import numpy as np
+
+    from graft.evaluation.submission import write_submission
+
+    probs = np.concatenate(chunks) if chunks else np.zeros((0, len(classes)))
+    sub = write_submission(
+        args.submission, predicted, probs, classes, format=args.submission_format, sample=sample
+    )
+    for note in sub.notes:
+        print(f"note: {note}")
+    shape = f"{len(sub.columns)} columns" + (f" from {sample.path.name}" if sample else "")
+    print(f"wrote a {sub.format} submission of {sub.rows} rows, {shape}, to {args.submission}")
 
 
 def _check_something_predicted(result: StreamResult, csv: str | None) -> None:
@@ -125,6 +151,7 @@ def cmd_merge_predictions(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register predict and merge-predictions on the ``graft`` parser."""
+    # Long only in declarations: one add_argument per flag, nothing to split out.
     from graft.cli.analysis import add_device_arguments, add_tta_argument
     from graft.evaluation.stream import DEFAULT_CHUNK_SIZE
     from graft.evaluation.submission import SUBMISSION_FORMATS

@@ -127,36 +127,7 @@ def write_submission(
     format, columns, notes = submission_columns(classes, format, sample)
     index = {c: j for j, c in enumerate(classes)}
 
-    if sample is None:
-        ids = _unique_ids([Path(p).stem for p in paths], paths)
-        order = list(range(len(ids)))
-        missing = extra = 0
-    else:
-        name = sample.path.name
-        wanted = set(sample.ids)
-        ids = _unique_ids([_sample_id(Path(p), wanted) for p in paths], paths)
-        source = {key: i for i, key in enumerate(ids) if key in wanted}
-        # The sample's ids in its order, then any image it does not list, in the images' order.
-        order = [source[key] for key in sample.ids if key in source]
-        order += [i for i, key in enumerate(ids) if key not in source]
-        missing, extra = len(sample.ids) - len(source), len(ids) - len(source)
-        if missing:
-            absent = [key for key in sample.ids if key not in source]
-            warnings.warn(
-                f"{plural(len(absent), 'id')} of {name} not predicted ({_examples(absent)}): the "
-                f"submission has rows for the {len(ids):,} predicted images only",
-                UserWarning,
-                stacklevel=2,
-            )
-        if extra:
-            strays = [key for key in ids if key not in source]
-            if source:
-                what = f"{plural(len(strays), 'predicted image')} {_has(strays)} no id in"
-                where = "their rows come after the sample's"
-            else:  # the wrong sample, or the wrong folder
-                what, where = f"none of the {len(ids):,} predicted images has an id in", "rows in image order"
-            warnings.warn(f"{what} {name} ({_examples(strays)}): {where}", UserWarning, stacklevel=2)
-
+    ids, order, missing, extra = _row_order(paths, sample)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
@@ -173,6 +144,41 @@ def write_submission(
     except OSError as e:
         raise GraftError(f"cannot write submission {path}: {e.strerror or e}") from None
     return SubmissionResult(Path(path), format, columns, len(ids), missing, extra, notes)
+
+
+def _row_order(
+    paths: Sequence[str | Path], sample: SampleSubmission | None
+) -> tuple[list[str], list[int], int, int]:
+    """Each image's id, the order of the rows (the sample's, then images it does not list), and
+    how many of the sample's ids were not predicted and how many images it does not list."""
+    if sample is None:
+        ids = _unique_ids([Path(p).stem for p in paths], paths)
+        return ids, list(range(len(ids))), 0, 0
+    name = sample.path.name
+    wanted = set(sample.ids)
+    ids = _unique_ids([_sample_id(Path(p), wanted) for p in paths], paths)
+    source = {key: i for i, key in enumerate(ids) if key in wanted}
+    # The sample's ids in its order, then any image it does not list, in the images' order.
+    order = [source[key] for key in sample.ids if key in source]
+    order += [i for i, key in enumerate(ids) if key not in source]
+    missing, extra = len(sample.ids) - len(source), len(ids) - len(source)
+    if missing:
+        absent = [key for key in sample.ids if key not in source]
+        warnings.warn(
+            f"{plural(len(absent), 'id')} of {name} not predicted ({_examples(absent)}): the "
+            f"submission has rows for the {len(ids):,} predicted images only",
+            UserWarning,
+            stacklevel=3,
+        )
+    if extra:
+        strays = [key for key in ids if key not in source]
+        if source:
+            what = f"{plural(len(strays), 'predicted image')} {_has(strays)} no id in"
+            where = "their rows come after the sample's"
+        else:  # the wrong sample, or the wrong folder
+            what, where = f"none of the {len(ids):,} predicted images has an id in", "rows in image order"
+        warnings.warn(f"{what} {name} ({_examples(strays)}): {where}", UserWarning, stacklevel=3)
+    return ids, order, missing, extra
 
 
 def submission_columns(

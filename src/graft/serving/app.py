@@ -172,6 +172,7 @@ def create_app(
     Raises:
         GraftError: A limit out of range, or the run folder is not a valid run.
     """
+    # Long for its routes: each is a closure over the loaded learner and the shared limits.
     from graft.learner.learner import load_learner
 
     _check_limits(
