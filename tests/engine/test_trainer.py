@@ -256,3 +256,35 @@ def test_lr_find_stops_through_the_trainer_without_an_exception_in_the_loss(lite
     assert found.stopped == "num_it" and len(found.lrs) == 10  # over four epochs of three steps
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_resumed_run_logs_each_epoch_once_to_tensorboard(lite0, data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = _cfg(log="tensorboard")
+    with pytest.raises(KeyboardInterrupt):
+        _fit(lite0, data, cfg, checkpoint=tmp_path, callbacks=[StopAfter(2)])
+    _, result, _ = _fit(lite0, data, cfg, checkpoint=tmp_path, resume=read_checkpoint(tmp_path))
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/loss")] == [1, 2, 3]
+    assert [e.value for e in events.Scalars("val/loss")] == pytest.approx(
+        [r["val_loss"] for r in result.history]
+    )
+
+
+def test_graft_train_log_tensorboard_writes_event_files(tmp_path):
+    """The command line: ``graft train DATA --log tensorboard`` leaves RUN/tensorboard readable."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from graft.cli.main import main
+
+    data = make_image_folder(tmp_path / "data", {"red": 8, "green": 8, "blue": 8}, seed=5)
+    run = tmp_path / "run"
+    argv = ["train", str(data), "--out", str(run), "--mode", "features", "--epochs", "2", "--batch-size", "8"]
+    argv += ["--workers", "0", "--device", "cpu", "--input-size", "32", "--no-report", "--log", "tensorboard"]
+    assert main(argv) == 0
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "val/acc", "lr"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
