@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 import graft
 from graft import GraftError, ImageData, Learner, TrainConfig, load_learner
@@ -103,3 +104,33 @@ def test_inference_settings_are_arguments_not_config_writes(data, tmp_path):
         learn.predict(data / "val", batch_size=0)
     with pytest.raises(GraftError, match="workers must be a whole number"):
         learn.evaluate(split="val", workers=-1)
+
+
+def test_fit_hands_callbacks_loss_and_metrics_to_the_engine(data):
+    from graft.engine.callbacks import Callback
+
+    class Epochs(Callback):
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+
+        def after_epoch(self, trainer, row: dict) -> None:
+            self.seen.append(row["epoch"])
+
+    losses: list[float] = []
+
+    def loss(logits, targets):
+        value = torch.nn.functional.cross_entropy(logits, targets)
+        losses.append(float(value.detach()))
+        return value
+
+    def top1(logits, targets) -> float:
+        return float((logits.argmax(1) == targets).float().mean())
+
+    learn = Learner(ImageData.from_folder(data), "tf_efficientnet_lite0", input_size=32, seed=0, workers=0)
+    epochs = Epochs()
+    history = learn.fit(
+        mode="features", epochs=2, batch_size=8, lr=0.02, augment=False, log=lambda _: None,
+        callbacks=[epochs], loss=loss, metrics={"top1": top1},
+    )  # fmt: skip
+    assert epochs.seen == [1, 2] and losses
+    assert [row["val_top1"] for row in history] == [row["val_acc"] for row in history]

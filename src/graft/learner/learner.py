@@ -17,14 +17,17 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
 
 from graft.data.dataset import ImageData
+from graft.engine.callbacks import Callback
 from graft.engine.checkpoint import MAY_DIFFER, Checkpoint, matching_checkpoint
 from graft.engine.lr_find import LRFind, lr_find
+from graft.engine.metrics import Metric
+from graft.engine.passes import LossFn
 from graft.engine.trainer import FitResult, fit
 from graft.features.extract import feature_head
 from graft.infrastructure.config import DEFAULT_LR, ResolvedConfig, TrainConfig
@@ -156,9 +159,9 @@ class Learner(Classifier):
         *,
         log: Callable[[str], None] = print,
         checkpoint: str | Path | None = None,
-        callbacks: Iterable = (),
-        loss: torch.nn.Module | None = None,
-        metrics: Iterable | None = None,
+        callbacks: Iterable[Callback] = (),
+        loss: LossFn | None = None,
+        metrics: Mapping[str, Metric] | None = None,
         **overrides,
     ) -> list[dict]:
         """Train on ``self.data``; the best epoch's weights are kept.
@@ -172,9 +175,12 @@ class Learner(Classifier):
             checkpoint: A run folder. After every epoch ``checkpoint.safetensors`` is written
                 there; if it already holds one of this same run (killed, say), training goes on
                 from it and ends as the uninterrupted run would have.
-            callbacks: Training callbacks, handed to the engine (:func:`graft.engine.trainer.fit`).
-            loss: A training loss instead of the cross-entropy, handed to the engine.
-            metrics: Extra per-epoch metrics, handed to the engine.
+            callbacks: More callbacks for the engine's trainer, beside those it always uses
+                (:mod:`graft.engine.callbacks`).
+            loss: The training loss ``(logits, targets) -> scalar`` (default: cross-entropy with
+                the config's label smoothing); also the val loss when given.
+            metrics: ``name -> fn(logits, targets) -> float`` computed on the val predictions
+                each epoch, recorded in the history as ``val_<name>`` (:mod:`graft.engine.metrics`).
             **overrides: Any :class:`TrainConfig` field, e.g. ``mode="features"``, ``epochs=5``.
 
         Returns:
@@ -315,10 +321,8 @@ def _fit_metrics(result: FitResult, seconds: float, resumed_after: int | None) -
         metrics["processes"] = ranks.size
     if result.stopped:
         metrics["stopped"] = result.stopped
-    # Why the unfrozen phase was skipped (the engine's name for it was once "skipped").
-    unfreeze_skipped = getattr(result, "unfreeze_skipped", None) or getattr(result, "skipped", None)
-    if unfreeze_skipped:
-        metrics["skipped"] = unfreeze_skipped  # graft.json's key, read by older tools: kept
+    if result.unfreeze_skipped:
+        metrics["skipped"] = result.unfreeze_skipped  # graft.json's key for it: kept
     if result.failed:
         metrics["undecodable_files"] = len(result.failed)
     if resumed_after is not None:
