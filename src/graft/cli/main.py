@@ -111,7 +111,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(meta, indent=2))
         return 0
-    model, cfg, pre, m = meta["model"], meta.get("config", {}), meta["preprocessing"], meta.get("metrics", {})
+    model, pre, m = meta["model"], meta["preprocessing"], meta.get("metrics", {})
+    cfg = meta.get("resolved") or meta.get("config", {})  # what ran (older runs store only "config")
     precision = meta.get("precision")
     split = meta.get("split") or {}
     counts = ", ".join(f"{k} {len(v)}" for k, v in split.get("splits", {}).items())
