@@ -77,7 +77,7 @@ def test_fit_with_auto_lr_uses_the_suggestion(data):
     lines = []
     learn.fit(mode="features", epochs=3, lr="auto", batch_size=8, augment=False, workers=0, log=lines.append)
     assert learn.lr_finder is not None and learn.lr_finder.suggestion is not None
-    assert learn.config.lr == learn.lr_finder.suggestion == learn.metrics["lr_found"]
+    assert learn.resolved_config.lr == learn.lr_finder.suggestion == learn.metrics["lr_found"]
     assert any(line.startswith("lr-find: suggested lr") for line in lines)
     assert learn.evaluate().accuracy == 1.0  # colours are easy at any sensible rate
 
