@@ -147,14 +147,14 @@ def test_normalize_data_and_a_cifar_resnet_trained_from_layer4(tmp_path):
 
 def test_without_a_val_split_the_unfrozen_epochs_run_and_the_log_says_why():
     """``graft train DATA/train_valid --valid-split 0``: --unfreeze-below has nothing to judge by."""
+    from graft.engine.callbacks import blind_unfreeze
     from graft.engine.optim import Phase
-    from graft.engine.trainer import _blind_unfreeze
     from graft.infrastructure.config import TrainConfig
 
     cfg = TrainConfig(data="x", valid_split=0).resolved()  # finetune, no --epochs: unfreeze_below 0.95
     unfrozen, frozen = Phase("unfrozen", 3, 1e-3, 100.0, []), Phase("frozen", 3, 1e-3, 1.0, [])
-    assert "--epochs 0 keeps the frozen head" in _blind_unfreeze(unfrozen, cfg, has_val=False)
-    assert _blind_unfreeze(unfrozen, cfg, has_val=True) is None
-    assert _blind_unfreeze(frozen, cfg, has_val=False) is None
+    assert "--epochs 0 keeps the frozen head" in blind_unfreeze(unfrozen, cfg, has_val=False)
+    assert blind_unfreeze(unfrozen, cfg, has_val=True) is None
+    assert blind_unfreeze(frozen, cfg, has_val=False) is None
     asked = TrainConfig(data="x", valid_split=0, epochs=2).resolved()  # asked-for epochs: nothing to say
-    assert _blind_unfreeze(unfrozen, asked, has_val=False) is None
+    assert blind_unfreeze(unfrozen, asked, has_val=False) is None

@@ -20,8 +20,6 @@ from graft.engine.callbacks import (
     NaNStop,
     ProgressPrinter,
     UnfreezeGate,
-    blind_unfreeze,
-    skip_unfreeze,
 )
 from graft.engine.checkpoint import Checkpoint, restore_rng, save_checkpoint
 from graft.engine.ema import EMA
@@ -36,9 +34,6 @@ from graft.infrastructure.runtime import seed_everything
 from graft.models import ModelSpec
 
 __all__ = ["Checkpointer", "FitResult", "Trainer", "fit"]
-
-# The names these had when they lived here (tests/learner reads one).
-_skip_unfreeze, _blind_unfreeze = skip_unfreeze, blind_unfreeze
 
 
 class Checkpointer(Callback):

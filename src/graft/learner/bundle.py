@@ -11,7 +11,6 @@ Layout of a run folder ``RUN``:
 from __future__ import annotations
 
 import csv
-import io
 import json
 import platform
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from graft.engine.loggers import history_csv
 from graft.engine.run_folder import META_FILE
 from graft.infrastructure.errors import GraftError
 from graft.infrastructure.fileio import atomic_write, atomic_write_text, sha256_file
@@ -81,11 +81,7 @@ def save_bundle(
             before_replace=lambda: (run_dir / META_FILE).unlink(missing_ok=True),
         )
         if history:
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(history)
-            atomic_write_text(run_dir / HISTORY_FILE, buf.getvalue())
+            atomic_write_text(run_dir / HISTORY_FILE, history_csv(history))
         else:
             (run_dir / HISTORY_FILE).unlink(missing_ok=True)  # an older run's epochs are not this one's
         full = {

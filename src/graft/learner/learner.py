@@ -328,8 +328,11 @@ def _fit_metrics(result: FitResult, seconds: float, resumed_after: int | None) -
     if resumed_after is not None:
         metrics["resumed_after_epoch"] = resumed_after
     if result.best_epoch is not None:
-        kept = result.history[result.best_epoch - 1]
-        metrics.update(val_loss=kept["val_loss"], val_acc=kept["val_acc"])
+        row = result.history[result.best_epoch - 1]
+        prefix = "ema_" if result.kept == "ema" else ""  # the EMA's weights were kept: its scores
+        metrics.update(val_loss=row[f"{prefix}val_loss"], val_acc=row[f"{prefix}val_acc"])
+    if "ema_val_loss" in (result.history[0] if result.history else {}):
+        metrics["kept_weights"] = result.kept  # "ema" or "model": which --ema kept
     return metrics
 
 
