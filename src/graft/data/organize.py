@@ -11,7 +11,6 @@ at the end, so ``OUT`` is never half-written. ``OUT/organize.json`` records what
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from graft.data._placing import HOW, Placer, swap_into_place
 from graft.data._scan import Scan, skipped_line
 from graft.data.dataset import ImageData, Sample
 from graft.data.images import list_images
@@ -30,7 +30,6 @@ from graft.infrastructure.text import plural
 
 LINK_MODES = ("auto", "hardlink", "symlink", "copy")
 RECORD_FILE = "organize.json"
-_HOW = {"hardlink": "hard links", "symlink": "symbolic links", "copy": "copies"}
 _MAX_NAME_BYTES = 255  # one path component on ext4, APFS, NTFS
 
 
@@ -71,7 +70,7 @@ class OrganizeResult:
             what = plural(k, "class", "classes") if k else "unlabeled"
             images = "image " if n == 1 else "images"
             lines.append(f"  {name.ljust(width)}  {n:>{digits},} {images}  {what}")
-        placed = ", ".join(f"{n:,} as {_HOW[how]}" for how, n in self.placed.items() if n) or "none"
+        placed = ", ".join(f"{n:,} as {HOW[how]}" for how, n in self.placed.items() if n) or "none"
         lines.append(f"placed {plural(sum(self.placed.values()), 'file')}: {placed}")
         lines.append(skipped_line(self.skipped))
         return "\n".join(lines)
@@ -157,18 +156,7 @@ def organize(
             raise GraftError(f"class {c!r} {where} cannot be a folder name: {why}; rename it")
 
     train, valid = images.splits["train"], images.splits["val"]
-    test_samples = images.splits.get("test", [])
-    found_test = test_samples[0].path.parent if test_samples and test_samples[0].label is None else None
-    if test_dir is None and not test_samples and images.layout == "csv":
-        test_dir = _guess_test_folder(train[0].path.parent)
-    if test_dir is not None and test_dir != found_test:
-        if test_samples:
-            notes.append(f"test images from {test_dir}, not from the test split graft found in the data")
-        scan = Scan(test_dir)
-        test_samples = [Sample(p, None) for p in scan.good(list_images(test_dir))]
-        skipped += scan.skipped
-        if not test_samples:
-            raise GraftError(f"test folder {test_dir} has no images")
+    test_samples, test_dir, found_test = _test_images(images, test_dir, notes, skipped)
     _check_no_overlap(out, images, test_dir)
 
     labeled_test = bool(test_samples) and all(s.label is not None for s in test_samples)
@@ -182,13 +170,53 @@ def organize(
     names = _file_names(images.classes, [train, valid], notes)
     if labeled_test:
         names |= _file_names(images.classes, [test_samples], notes)
+    test_source = test_dir or found_test
+    how = (labels, test_source, valid_split, seed, link)
+    result = _write_tree(out, images, folders, names, how, (notes, skipped))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _test_images(
+    images: ImageData, test_dir: Path | None, notes: list[str], skipped: list
+) -> tuple[list[Sample], Path | None, Path | None]:
+    """``(test samples, the test folder asked for or guessed, the unlabeled test folder the scan
+    found)``; notes and skips of a separate test folder go into ``notes`` and ``skipped``."""
+    test_samples = images.splits.get("test", [])
+    found_test = test_samples[0].path.parent if test_samples and test_samples[0].label is None else None
+    if test_dir is None and not test_samples and images.layout == "csv":
+        test_dir = _guess_test_folder(images.splits["train"][0].path.parent)
+    if test_dir is not None and test_dir != found_test:
+        if test_samples:
+            notes.append(f"test images from {test_dir}, not from the test split graft found in the data")
+        scan = Scan(test_dir)
+        test_samples = [Sample(p, None) for p in scan.good(list_images(test_dir))]
+        skipped += scan.skipped
+        if not test_samples:
+            raise GraftError(f"test folder {test_dir} has no images")
+    return test_samples, test_dir, found_test
+
+
+def _write_tree(
+    out: Path,
+    images: ImageData,
+    folders: dict[str, list[list[Sample]]],
+    names: dict[Path, str],
+    how: tuple,
+    remarks: tuple[list[str], list],
+) -> OrganizeResult:
+    """Build the tree in a hidden sibling of ``out`` and rename it into place; ``how`` is
+    ``(labels, test source, valid_split, seed, link)`` for the record, ``remarks`` the notes and
+    skipped files so far."""
+    labels, test_source, valid_split, seed, link = how
+    notes, skipped = remarks
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.organize-", dir=out.parent))
         tmp.chmod(default_mode(0o777))  # mkdtemp's folder is private (0700); OUT gets mkdir's usual mode
     except OSError as e:
         raise GraftError(f"cannot write to {out.parent}: {e.strerror or e}") from None
-    placer = _Placer(link, tmp, out)
+    placer = Placer(link, tmp, out)
     try:
         counts: dict[str, int] = {}
         class_counts: dict[str, int] = {}
@@ -201,7 +229,6 @@ def organize(
                     placer.place(s.path, tmp / name / images.classes[s.label] / names[s.path])
             counts[name] = len(samples)
             class_counts[name] = len({s.label for s in samples} - {None})
-        notes += placer.notes
         result = OrganizeResult(
             out=out,
             layout=images.layout,
@@ -210,19 +237,17 @@ def organize(
             class_counts=class_counts,
             placed=dict(placer.counts),
             skipped=skipped,
-            notes=notes,
+            notes=notes + placer.notes,
         )
-        test_source = test_dir or found_test
         record = _record(result, images, labels, test_source, valid_split, seed, link, folders)
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        _swap_into_place(tmp, out)
+        swap_into_place(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise GraftError(f"cannot write {out}: {e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    result.seconds = time.perf_counter() - start
     return result
 
 
@@ -295,85 +320,6 @@ def _file_names(classes: list[str], parts: list[list[Sample]], notes: list[str])
             f"(e.g. {path} -> {name})"
         )
     return names
-
-
-class _Placer:
-    """Puts a source file at a destination as a hard link, a symbolic link or a copy.
-
-    ``auto`` tries a hard link, and when the file system refuses one (another file system, no
-    permission, no link support) falls back to a symbolic link, then to a copy, for that file and
-    every later one; the notes say why. Any other error (a vanished source, a full disk) is raised.
-    """
-
-    def __init__(self, mode: str, tmp: Path, out: Path) -> None:
-        self.mode = mode
-        self.tmp, self.out = tmp, out  # errors name the file's final place, not the temporary one
-        self.order = ["hardlink", "symlink", "copy"] if mode == "auto" else [mode]
-        self.counts: Counter[str] = Counter()
-        self.notes: list[str] = []
-        self.made: set[Path] = set()
-
-    def place(self, src: Path, dest: Path) -> None:
-        if dest.parent not in self.made:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            self.made.add(dest.parent)
-        while True:
-            how = self.order[0]
-            try:
-                if how == "hardlink":
-                    os.link(src, dest)  # follows a symlinked source (linkat with AT_SYMLINK_FOLLOW)
-                elif how == "symlink":
-                    if not src.exists():  # a symlink to nothing would be "placed" without complaint
-                        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(src))
-                    os.symlink(os.path.abspath(src), dest)
-                else:
-                    shutil.copy2(src, dest)
-            except OSError as e:
-                if len(self.order) > 1 and e.errno in _UNSUPPORTED:
-                    self.order.pop(0)
-                    self.notes.append(
-                        f"{_HOW[how]} are not possible here ({e.strerror or e}): made {_HOW[self.order[0]]}"
-                    )
-                    continue
-                hint = "; try --link auto or --link copy" if self.mode in ("hardlink", "symlink") else ""
-                final = self.out / dest.relative_to(self.tmp)
-                raise GraftError(f"cannot {_VERB[how]} {src} to {final}: {e.strerror or e}{hint}") from None
-            self.counts[how] += 1
-            return
-
-
-_VERB = {"hardlink": "hard-link", "symlink": "symlink", "copy": "copy"}
-# Errors that say "this file system (or this user) cannot make such links", not "this file is bad".
-_UNSUPPORTED = {
-    errno.EXDEV,
-    errno.EPERM,
-    errno.EACCES,
-    errno.EMLINK,
-    errno.ENOSYS,
-    errno.ENOTSUP,
-    errno.EOPNOTSUPP,
-    errno.EROFS,
-}
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished ``tmp`` to ``out``; an existing ``out`` (empty, or an earlier organize
-    output) is moved aside first and deleted only once the new one is in place."""
-    old = None
-    if out.is_dir():
-        if any(out.iterdir()):
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{time.time_ns()}"
-            os.rename(out, old)
-        else:
-            out.rmdir()
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        if old is not None:
-            os.rename(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _record(

@@ -6,12 +6,9 @@ from graft.models.factory import (
     build_model,
     check_input_size,
     create_model,
-    fetch_weights,
-    find_pretrained,
     head_parameters,
-    list_architectures,
-    weights_or_fallback,
 )
+from graft.models.pretrained import fetch_weights, find_pretrained, list_architectures, weights_or_fallback
 from graft.models.registry import resolve as resolve_arch
 from graft.models.weights import read_state_dict
 
