@@ -149,19 +149,7 @@ def extract_features(
     Args:
         batch_size: Network inputs per forward pass (images × views needing computation).
     """
-    hashes: list[list[str | None]] = []
-    for samples, _ in jobs:
-        row = []
-        for s in samples:
-            try:
-                row.append(file_hash(s.path))
-            except OSError:
-                row.append(None)
-        hashes.append(row)
-    keys = [
-        [[f"{v.key}:{h}" for v in views] if h else [] for h in row]
-        for (_, views), row in zip(jobs, hashes, strict=True)
-    ]
+    hashes, keys = _cache_keys(jobs)
     wanted = [k for job in keys for ks in job for k in ks]
     ranks = world()
     # Under torch.distributed rank 0 alone reads (and later writes) the cache, so every rank
@@ -204,6 +192,27 @@ def extract_features(
         computed = sum(k in new for ks in keys[j] for k in ks)
         results.append(Features(vectors, torch.tensor(ok, dtype=torch.long), sorted(failed[j]), computed))
     return results
+
+
+def _cache_keys(
+    jobs: Sequence[tuple[Sequence[Sample], list[View]]],
+) -> tuple[list[list[str | None]], list[list[list[str]]]]:
+    """Each sample's content hash (None: unreadable) and its cache key per view (none when
+    unreadable), job by job."""
+    hashes: list[list[str | None]] = []
+    for samples, _ in jobs:
+        row = []
+        for s in samples:
+            try:
+                row.append(file_hash(s.path))
+            except OSError:
+                row.append(None)
+        hashes.append(row)
+    keys = [
+        [[f"{v.key}:{h}" for v in views] if h else [] for h in row]
+        for (_, views), row in zip(jobs, hashes, strict=True)
+    ]
+    return hashes, keys
 
 
 def _compute(
