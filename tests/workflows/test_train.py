@@ -50,6 +50,32 @@ def test_the_python_api_writes_the_run_folder_the_cli_writes(data, tmp_path, cap
     assert set(api_meta) == set(cli_meta) and {"config", "resolved"} <= set(api_meta)
 
 
+def test_a_custom_callback_and_metric_reach_the_run_folder(data, tmp_path):
+    """The README's extension example through the workflow: a callback sees every epoch, a
+    metric becomes a history.csv column of the saved run."""
+    from graft.engine.callbacks import Callback
+
+    class Rows(Callback):
+        def __init__(self) -> None:
+            self.rows: list[dict] = []
+
+        def after_epoch(self, trainer, row) -> None:
+            self.rows.append(dict(row))
+
+    def worst_class_recall(logits: torch.Tensor, targets: torch.Tensor) -> float:
+        hit = logits.argmax(1) == targets
+        return min(hit[targets == c].float().mean().item() for c in targets.unique())
+
+    seen = Rows()
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), workers=0, report=False, **FAST)
+    metrics = {"worst_recall": worst_class_recall}
+    done = graft.train(cfg, log=lambda _: None, callbacks=[seen], metrics=metrics)
+    assert [r["epoch"] for r in seen.rows] == [1, 2]
+    saved = (done.run_dir / "history.csv").read_text().splitlines()
+    assert "val_worst_recall" in saved[0].split(",") and len(saved) == 3
+    assert all(0 <= r["val_worst_recall"] <= r["val_acc"] + 1e-9 for r in seen.rows)
+
+
 def test_a_second_run_into_the_folder_needs_overwrite(data, tmp_path):
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), workers=0, report=False, **FAST)
     graft.train(cfg, log=lambda _: None)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from graft.data.dataset import ImageData
 from graft.engine import run_folder
@@ -60,6 +61,7 @@ def train(
     workers: int | None = None,
     data: ImageData | None = None,
     log: Callable[[str], None] = print,
+    **fit_options: Any,
 ) -> TrainedRun:
     """Train a run and write its folder, as ``graft train`` does.
 
@@ -74,6 +76,7 @@ def train(
         workers: Data-loading worker processes (default: the config's, or the resumed run's).
         data: The dataset ``config`` names, if it is already loaded (it is loaded otherwise).
         log: Receives the log lines (the setup, the per-epoch table, the results).
+        **fit_options: ``callbacks``, ``loss`` and ``metrics``, for :meth:`Learner.fit`.
 
     Raises:
         GraftError: For invalid options or data, a folder that must not be written, or a
@@ -95,7 +98,7 @@ def train(
     _log_setup(learn, ranks, log)
     # overwrite: the old run stays whole until the new one's first checkpoint lands, then goes.
     with run_folder.replacing(out, active=resume is None and overwrite):
-        learn.fit(checkpoint=out, log=log)
+        learn.fit(checkpoint=out, log=log, **fit_options)
         distributed.shutdown()
         if not ranks.is_main:
             return TrainedRun(learn, out)  # rank 0 evaluates, saves and reports
