@@ -201,8 +201,6 @@ class Learner(Classifier):
                 warnings.warn(f"lr-find could not suggest a rate; using the default {run.lr:g}", stacklevel=2)
             else:
                 log(f"lr-find: suggested lr {run.lr:.2e} ({found.phase} phase, {found.seconds:.1f} s)")
-        given = {"callbacks": tuple(callbacks), "loss": loss, "metrics": metrics}
-        extra = {k: v for k, v in given.items() if v is not None and v != ()}  # only what was asked
         result = fit(
             self.model,
             self.spec,
@@ -213,7 +211,9 @@ class Learner(Classifier):
             log=log,
             checkpoint=checkpoint,
             resume=resume,
-            **extra,
+            callbacks=callbacks,
+            loss=loss,
+            metrics=metrics,
         )
         self.config, self.resolved_config = request, run
         self.history = result.history
