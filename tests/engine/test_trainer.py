@@ -46,7 +46,10 @@ def lite0():
 
 
 def _cfg(**overrides) -> TrainConfig:
+    # fp32 forced: "auto" would compute the training features in bf16 on CPUs with native bf16, and
+    # which of EMA and model validates better must not depend on the machine.
     options = {"mode": "features", "epochs": 3, "batch_size": 8, "lr": 0.01, "augment": False, "workers": 0}
+    options["precision"] = "fp32"
     return TrainConfig(data="x", **{**options, **overrides}).resolved()
 
 
