@@ -15,10 +15,13 @@ from graft.features.cache import FeatureCache, default_cache_root
 from graft.features.extract import body_key, extract_features, feature_head, head_logits
 from graft.features.forward import infer, split_outputs, warn_failed
 from graft.features.views import View, eval_view, tta_views
+from graft.infrastructure.errors import GraftError
 from graft.infrastructure.memory import Pieces
 from graft.infrastructure.runtime import channels_last, inference_batch_size
 from graft.models import ModelSpec
 from graft.models.fuse import inference_model
+
+ACTIVATIONS = ("softmax", "sigmoid")
 
 
 def sample_probs(
@@ -34,6 +37,7 @@ def sample_probs(
     use_cache: bool = False,
     fast: nn.Module | None = None,
     tta: bool | int = False,
+    activation: str = "softmax",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities for the decodable samples.
 
@@ -43,6 +47,9 @@ def sample_probs(
     :func:`~graft.models.fuse.inference_model` to reuse (built here when None). ``tta`` (True
     or 2: centre and mirror; 4: also the two end crops) makes each image's probabilities the
     mean over :func:`~graft.features.views.tta_views` (each image is still decoded once).
+    ``activation`` is ``"softmax"`` (one class per image) or ``"sigmoid"`` (a probability per
+    class, for a multi-label model, :attr:`graft.inference.decision.Decision.activation`); with
+    TTA the views' probabilities are averaged either way.
 
     Every forward pass runs a full batch: a short one (the last, or one that lost undecodable
     files) is padded by repeating its last image, and the padded rows are dropped. On the CPU an
@@ -54,31 +61,17 @@ def sample_probs(
         ``(probs, kept)``: an (n × C) float64 array and the indices into ``samples`` of its rows,
         in sample order. Undecodable files are warned about and left out.
     """
+    if activation not in ACTIVATIONS:
+        raise GraftError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {activation!r}")
     batch_size = batch_size or inference_batch_size(device, 32)
     workers = inference_workers(device) if workers is None else workers
     count = 2 if tta is True else int(tta)
     views = tta_views(pre, count) if count else [eval_view(pre)]
     head = feature_head(model, spec) if use_cache else None
     if head is not None:
-        cache = FeatureCache(default_cache_root(), body_key(model, spec, pre, precision))
-        (feats,) = extract_features(
-            model,
-            spec,
-            pre,
-            [(samples, views)],
-            device,
-            cache=cache,
-            precision=precision,
-            batch_size=batch_size,
-            workers=workers,
-            desc="predict",
+        logits, indices, failed = _cached_logits(
+            model, head, spec, pre, samples, views, device, precision, batch_size, workers, activation
         )
-        n, v, dim = feats.vectors.shape
-        if n == 0:  # nothing decoded: the head cannot take an empty matrix; the caller says why
-            logits = torch.zeros(0, 0)
-        else:
-            logits = _mean_over_views(head_logits(head, feats.vectors.reshape(n * v, dim), device), v)
-        indices, failed = feats.index, feats.failed
     else:
         per_batch = max(1, batch_size // len(views))
         loader = make_loader(
@@ -91,14 +84,54 @@ def sample_probs(
         )
         if fast is None:
             fast = inference_model(model, pre.input_size, device)
-        net = _FullBatch(_ViewMean(fast) if count else fast, per_batch)
+        net = _FullBatch(_ViewMean(fast, activation) if count else fast, per_batch)
         logits, indices, failed = infer(net, loader, device, precision=precision)
     warn_failed(failed, [s.path for s in samples])
     if logits.numel() == 0:
         return np.zeros((0, 0)), np.zeros(0, dtype=np.int64)
     order = torch.argsort(indices)
-    probs = torch.softmax(logits[order].double(), dim=1).numpy()
-    return probs, indices[order].numpy()
+    return activate(logits[order], activation), indices[order].numpy()
+
+
+def activate(logits: torch.Tensor, activation: str = "softmax") -> np.ndarray:
+    """float64 probabilities from logits: a softmax over the classes, or a sigmoid per class."""
+    z = logits.double()
+    return (torch.sigmoid(z) if activation == "sigmoid" else torch.softmax(z, dim=1)).cpu().numpy()
+
+
+def _cached_logits(
+    model: nn.Module,
+    head: nn.Module,
+    spec: ModelSpec,
+    pre: Preprocessing,
+    samples: Sequence[Sample],
+    views: Sequence[View],
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    workers: int,
+    activation: str,
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """``(logits, indices, failed)`` as :func:`~graft.features.forward.infer` returns them, from
+    the body's features in (and written to) the feature cache, then the head."""
+    cache = FeatureCache(default_cache_root(), body_key(model, spec, pre, precision))
+    (feats,) = extract_features(
+        model,
+        spec,
+        pre,
+        [(samples, views)],
+        device,
+        cache=cache,
+        precision=precision,
+        batch_size=batch_size,
+        workers=workers,
+        desc="predict",
+    )
+    n, v, dim = feats.vectors.shape
+    if n == 0:  # nothing decoded: the head cannot take an empty matrix; the caller says why
+        return torch.zeros(0, 0), feats.index, feats.failed
+    logits = head_logits(head, feats.vectors.reshape(n * v, dim), device)
+    return _mean_over_views(logits, v, activation), feats.index, feats.failed
 
 
 class _Stacked:
@@ -111,9 +144,13 @@ class _Stacked:
         return torch.stack([t(image) for t in self.transforms])
 
 
-def _mean_over_views(logits: torch.Tensor, views: int) -> torch.Tensor:
-    """``(n * views, C)`` logits → ``(n, C)`` log mean probability: softmax of the result is the
-    average of the views' probabilities."""
+def _mean_over_views(logits: torch.Tensor, views: int, activation: str = "softmax") -> torch.Tensor:
+    """``(n * views, C)`` logits → ``(n, C)`` logits whose ``activation`` is the average of the
+    views' probabilities: the log of the mean softmax, or the logit of the mean sigmoid (an
+    average of logits would not be an average of probabilities)."""
+    if activation == "sigmoid":
+        probs = torch.sigmoid(logits.float()).reshape(-1, views, logits.shape[1]).mean(1)
+        return torch.logit(probs)  # 0 and 1 become -inf and inf, whose sigmoids are 0 and 1 again
     probs = torch.softmax(logits.float(), dim=1).reshape(-1, views, logits.shape[1]).mean(1)
     return probs.clamp_min(1e-30).log()
 
@@ -139,10 +176,11 @@ class _FullBatch(nn.Module):
 class _ViewMean(nn.Module):
     """Runs a model on ``(batch, views, C, H, W)`` and averages the views' probabilities."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, activation: str = "softmax") -> None:
         super().__init__()
         self.model = model
+        self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits, _ = split_outputs(self.model(channels_last(x.flatten(0, 1))))
-        return _mean_over_views(logits, x.shape[1])
+        return _mean_over_views(logits, x.shape[1], self.activation)
