@@ -1,4 +1,5 @@
-"""Figures of a run: training curves, confusion matrix, image grids, lr-find and compare plots.
+"""Figures of a run: training curves, confusion matrix, ROC and precision-recall curves, image
+grids, lr-find and compare plots.
 
 Built on matplotlib's object API (``Figure`` without pyplot), so no GUI backend, global state or
 display is involved: these work in threads, servers and headless CI alike.
@@ -15,9 +16,18 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
+from graft.evaluation.curves import average_precision, precision_recall_curve, roc_auc, roc_curve
 from graft.infrastructure.fileio import atomic_write
 
 PHASE_COLORS = {"frozen": "#dbe9f6", "unfrozen": "#fde8d0", "full": "#e3f1dc"}
+# Validation scores beside accuracy in history.csv when the run recorded them (in [0, 1], so
+# they share the accuracy panel): the names the training side writes, and their legend labels.
+EXTRA_VAL_METRICS = {
+    "val_bal_acc": "val balanced acc",
+    "val_macro_f1": "val macro F1",
+    "val_micro_f1": "val micro F1",
+    "val_map": "val mAP",
+}
 
 
 def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
@@ -40,15 +50,20 @@ def _value(x: object) -> float:
 
 
 def plot_history(history: Sequence[dict]) -> Figure:
-    """Loss and accuracy per epoch for train and val, with each phase's epochs shaded and named."""
+    """Loss and accuracy per epoch for train and val, with each phase's epochs shaded and named.
+
+    The validation scores of :data:`EXTRA_VAL_METRICS` a run recorded are drawn beside accuracy."""
     fig = Figure(figsize=(10, 3.8))
     ax_loss, ax_acc = fig.subplots(1, 2)
     epochs = [int(r["epoch"]) for r in history]
     for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
-        for split, style in (("train", "o-"), ("val", "s-")):
-            values = [_value(r[f"{split}_{key}"]) for r in history]
+        lines = {f"{split}_{key}": (split, style) for split, style in (("train", "o-"), ("val", "s-"))}
+        if key == "acc":
+            lines |= {name: (label, "^--") for name, label in EXTRA_VAL_METRICS.items()}
+        for column, (label, style) in lines.items():
+            values = [_value(r.get(column)) for r in history]
             if not all(math.isnan(v) for v in values):
-                ax.plot(epochs, values, style, label=split, markersize=4)
+                ax.plot(epochs, values, style, label=label, markersize=4)
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -115,6 +130,70 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], normalize: bool = Fal
                     fontsize=font,
                     color="white" if values[i, j] > threshold else "black",
                 )
+    fig.tight_layout()
+    return fig
+
+
+def plot_roc_pr(
+    scores: np.ndarray, positive_mask: np.ndarray, positive: str = "positive", threshold: float | None = None
+) -> Figure:
+    """ROC and precision-recall curves of one class's scores, with ROC AUC and AP in the legends.
+
+    Args:
+        scores: The probability of the positive class for each image.
+        positive_mask: Whether each image is of the positive class.
+        positive: Its name, for the titles.
+        threshold: The decision threshold, marked on both curves where it falls (None: not drawn).
+    """
+    fig = Figure(figsize=(10, 4.2))
+    ax_roc, ax_pr = fig.subplots(1, 2)
+    fpr, tpr, roc_t = roc_curve(scores, positive_mask)
+    ax_roc.plot(fpr, tpr, "-", drawstyle="default", label=f"ROC AUC {roc_auc(scores, positive_mask):.3f}")
+    ax_roc.plot([0, 1], [0, 1], ":", color="#888888", label="chance")
+    ax_roc.set(xlabel="false positive rate", ylabel="true positive rate (recall)", title=f"ROC: {positive}")
+    precision, recall, pr_t = precision_recall_curve(scores, positive_mask)
+    ap = average_precision(scores, positive_mask)
+    ax_pr.plot(recall, precision, "-", drawstyle="steps-pre", label=f"AP {ap:.3f}")
+    base = float(np.mean(positive_mask)) if len(positive_mask) else math.nan
+    ax_pr.axhline(base, ls=":", color="#888888", label=f"chance ({base:.2f})")
+    ax_pr.set(xlabel="recall", ylabel="precision", title=f"precision-recall: {positive}")
+    if threshold is not None:  # the operating point: the lowest crossed score still >= threshold
+        for ax, xs, ys, ts in ((ax_roc, fpr, tpr, roc_t), (ax_pr, recall, precision, pr_t)):
+            at = np.flatnonzero(ts >= threshold)
+            if len(at):
+                ax.plot(xs[at[-1]], ys[at[-1]], "o", color="#cf222e", label=f"threshold {threshold:.3f}")
+    for ax in (ax_roc, ax_pr):
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right" if ax is ax_roc else "lower left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_pr_curves(
+    probs: np.ndarray, targets: np.ndarray, classes: Sequence[str], max_curves: int = 12
+) -> Figure:
+    """A precision-recall curve per class with its AP in the legend (classes without a positive
+    image are left out). With more than ``max_curves`` classes, the lowest-AP ones are drawn: they
+    are the ones to look at, and more lines would not be legible."""
+    targets = np.asarray(targets, dtype=bool)
+    aps = {
+        c: average_precision(probs[:, c], targets[:, c]) for c in range(len(classes)) if targets[:, c].any()
+    }
+    drawn = sorted(aps, key=lambda c: aps[c])[:max_curves] if len(aps) > max_curves else list(aps)
+    fig = Figure(figsize=(6.5, 5))
+    ax = fig.subplots()
+    for c in drawn:
+        precision, recall, _ = precision_recall_curve(probs[:, c], targets[:, c])
+        ax.plot(recall, precision, "-", drawstyle="steps-pre", label=f"{classes[c]} (AP {aps[c]:.3f})")
+    title = "precision-recall per class"
+    if len(drawn) < len(aps):
+        title += f" (the {len(drawn)} lowest AP of {len(aps)})"
+    ax.set(xlabel="recall", ylabel="precision", title=title, xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     return fig
 
