@@ -261,3 +261,74 @@ def test_the_streaming_module_does_not_import_torch():
     code = "import sys; import graft.evaluation.stream; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "False"
+
+
+class FakeMultiLabel(FakeModel):
+    """Per-class sigmoid-like probabilities from the same hash, with per-class thresholds."""
+
+    def __init__(self) -> None:
+        from graft.inference.decision import Decision
+
+        super().__init__()
+        self.decision = Decision(multi_label=True, thresholds=(0.3, 0.4, 0.5, 0.6))
+
+    def predict_probs(self, paths):
+        kept, probs = super().predict_probs(paths)
+        # Independent per class, spread over [0, 1]: the hash's bytes again.
+        logits = np.log(probs) - np.log(probs).min(1, keepdims=True)
+        return kept, (logits * 40 % 256) / 255
+
+
+def test_multi_label_csv_has_the_answered_labels_and_every_probability(folder, tmp_path):
+    csv = tmp_path / "ml.csv"
+    model = FakeMultiLabel()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the undecodable file
+        result = predict_to_csv(model, folder, csv, chunk_size=4)
+    lines = csv.read_text().splitlines()
+    assert lines[0] == "path,labels,ant,bee,cat,dog" == ",".join(csv_header(model.classes, 1, True))
+    assert result.written == len(lines) - 1 == 25
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kept, probs = model.predict_probs(folder)
+    thresholds = np.array(model.decision.thresholds)
+    seen_empty = seen_several = False
+    for line, path, row in zip(lines[1:], kept, probs, strict=True):
+        name, labels, *cells = line.split(",")
+        assert name == str(path) and cells == [f"{p:.6f}" for p in row]
+        answered = [c for c, p, t in zip(model.classes, row, thresholds, strict=True) if p >= t]
+        assert sorted(labels.split()) == sorted(answered)
+        assert labels.split() == sorted(answered, key=lambda c: -row[model.classes.index(c)])
+        seen_empty |= not answered
+        seen_several |= len(answered) > 1
+    assert seen_empty and seen_several  # the made-up probabilities cover both cases
+
+
+def test_multi_label_csv_resumes_shards_and_merges(folder, tmp_path):
+    def run(csv, **kwargs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = predict_to_csv(FakeMultiLabel(), folder, csv, **kwargs)
+        return result, " ".join(str(w.message) for w in caught)
+
+    full = tmp_path / "full.csv"
+    run(full)
+    parts = [tmp_path / "p0.csv", tmp_path / "p1.csv"]
+    for i, part in enumerate(parts):
+        run(part, shard=(i, 2))
+    merged = tmp_path / "merged.csv"
+    merge_prediction_csvs(parts, merged)
+    assert merged.read_bytes() == full.read_bytes()
+    resumed = tmp_path / "resumed.csv"
+    text = full.read_text()
+    resumed.write_text(text[: text.index("\n", 150) + 7])  # killed mid-row
+    result, said = run(resumed, resume=True, chunk_size=3)
+    assert "half-written" in said
+    assert result.resumed >= 1 and resumed.read_bytes() == full.read_bytes()
+    # A single-label CSV is not continued by a multi-label model, nor the other way round.
+    single = tmp_path / "single.csv"
+    predict(folder, single)
+    with pytest.raises(GraftError, match="another model's"):
+        run(single, resume=True)
+    with pytest.raises(GraftError, match="another model's"):
+        predict(folder, full, resume=True)

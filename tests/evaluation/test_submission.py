@@ -183,3 +183,50 @@ def test_dog_tiny_sample_submission(tmp_path: Path) -> None:
     assert len(zero) == 10 and all(r[j] == "0" for r in table[1:] for j in zero)
     assert result.notes[0].startswith("10 columns of sample_submission.csv are not classes of the model")
     assert (result.missing, result.extra) == (300, 300) and len(caught) == 2
+
+
+def test_multi_label_submission_is_id_labels_space_separated(tmp_path):
+    from graft.inference.decision import Decision
+
+    decision = Decision(multi_label=True, thresholds=(0.5, 0.15, 0.3))
+    out = tmp_path / "sub.csv"
+    result = quiet(path=out, paths=PATHS, probs=PROBS, classes=CLASSES, decision=decision)
+    assert result.format == "labels" and result.columns == ["id", "labels"]
+    assert read(out) == [["id", "labels"], ["b", "ant bee"], ["a", "bee"], ["c", "cat bee"]]
+    none = np.array([[0.1, 0.1, 0.1], [0.9, 0.9, 0.9], [0.1, 0.1, 0.1]])
+    quiet(path=out, paths=PATHS, probs=none, classes=CLASSES, decision=decision)
+    assert out.read_text() == "id,labels\nb,\na,ant bee cat\nc,\n"  # empty: none of the classes
+    # Probabilities stay available; a two-column sample (Planet's image_name,tags) shapes it.
+    quiet(path=out, paths=PATHS, probs=PROBS, classes=CLASSES, decision=decision, format="probs")
+    assert read(out)[0] == ["id", *CLASSES]
+    planet = sample(tmp_path / "s.csv", "image_name,tags", ["a", "b", "c"])
+    result = quiet(path=out, paths=PATHS, probs=PROBS, classes=CLASSES, decision=decision, sample=planet)
+    assert result.format == "labels" and read(out) == [
+        ["image_name", "tags"],
+        ["a", "bee"],
+        ["b", "ant bee"],
+        ["c", "cat bee"],
+    ]
+
+
+def test_label_formats_must_fit_the_model(tmp_path):
+    from graft.inference.decision import Decision
+
+    out = tmp_path / "sub.csv"
+    with pytest.raises(GraftError, match=r"multi-label model answers any number.*labels or probs"):
+        write_submission(out, PATHS, PROBS, CLASSES, format="label", decision=Decision(multi_label=True))
+    with pytest.raises(GraftError, match="labels format is for multi-label models"):
+        write_submission(out, PATHS, PROBS, CLASSES, format="labels")
+    assert not out.exists()
+
+
+def test_a_binary_threshold_decides_the_label_column(tmp_path):
+    from graft.inference.decision import Decision
+
+    probs = np.array([[0.8, 0.2], [0.6, 0.4], [0.1, 0.9]])
+    out = tmp_path / "sub.csv"
+    quiet(path=out, paths=PATHS, probs=probs, classes=["no", "yes"], format="label")
+    assert [r[1] for r in read(out)[1:]] == ["no", "no", "yes"]
+    decision = Decision(thresholds=(0.3,))  # "yes" from 0.3 on
+    quiet(path=out, paths=PATHS, probs=probs, classes=["no", "yes"], format="label", decision=decision)
+    assert [r[1] for r in read(out)[1:]] == ["no", "yes", "yes"]

@@ -20,16 +20,22 @@ if TYPE_CHECKING:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from graft.cli.analysis import tta_from_args
-    from graft.evaluation.stream import parse_shard, predict_to_csv
+    from graft.evaluation.stream import model_decision, parse_shard, predict_to_csv
 
     shard = parse_shard(args.shard) if args.shard is not None else None
     sample = _checked_submission_args(args, shard)
     tta = tta_from_args(args)
     model = _load_model(args, tta)
+    decision = model_decision(model)
+    if decision.multi_label and args.top_k is not None:
+        raise GraftError(
+            "--top-k is for single-label models: this one answers every class at or above its "
+            "threshold (a --csv holds every class's probability)"
+        )
     if args.submission:  # a sample that does not fit the model fails now, not after predicting
         from graft.evaluation.submission import submission_columns
 
-        submission_columns(model.classes, args.submission_format, sample)
+        submission_columns(model.classes, args.submission_format, sample, multi_label=decision.multi_label)
     show = (not args.csv and not args.submission) or args.print
     predicted: list[Path] = []
     chunks: list[np.ndarray] = []
@@ -39,18 +45,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             predicted.extend(p.path for p in preds)
             chunks.append(probs)
         if show and preds:
-            lines = (
-                f"{pred.path}\t"
-                + "  ".join(f"{c} {p:.3f}" for c, p in zip(pred.labels, pred.probs, strict=True))
-                for pred in preds
-            )
-            print("\n".join(lines), flush=True)  # one chunk at a time, as it is predicted
+            print("\n".join(map(_line, preds)), flush=True)  # one chunk at a time, as it is predicted
 
     result = predict_to_csv(
         model,
         args.paths,
         args.csv,
-        top_k=args.top_k,
+        top_k=args.top_k or 1,
         resume=args.resume,
         shard=shard,
         chunk_size=args.chunk_size,
@@ -61,8 +62,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.csv:
         _print_csv_summary(args, result, shard is not None)
     if args.submission:
-        _write_submission(args, model.classes, predicted, chunks, sample)
+        _write_submission(args, model, predicted, chunks, sample)
     return 0
+
+
+def _line(pred: Prediction) -> str:
+    """One printed prediction: the path, a tab, then each answered class and its probability
+    (``(none)`` when a multi-label model answers none of its classes)."""
+    answers = "  ".join(f"{c} {p:.3f}" for c, p in zip(pred.labels, pred.probs, strict=True))
+    return f"{pred.path}\t{answers or '(none)'}"
 
 
 def _checked_submission_args(
@@ -111,18 +119,26 @@ def _print_csv_summary(args: argparse.Namespace, result: StreamResult, sharded: 
 
 def _write_submission(
     args: argparse.Namespace,
-    classes: list[str],
+    model: Predictor,
     predicted: list[Path],
     chunks: list[np.ndarray],
     sample: SampleSubmission | None,
 ) -> None:
     import numpy as np
 
+    from graft.evaluation.stream import model_decision
     from graft.evaluation.submission import write_submission
 
+    classes = model.classes
     probs = np.concatenate(chunks) if chunks else np.zeros((0, len(classes)))
     sub = write_submission(
-        args.submission, predicted, probs, classes, format=args.submission_format, sample=sample
+        args.submission,
+        predicted,
+        probs,
+        classes,
+        format=args.submission_format,
+        sample=sample,
+        decision=model_decision(model),
     )
     for note in sub.notes:
         print(f"note: {note}")
@@ -165,11 +181,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="RUN is a .onnx file from graft export: predict on onnxruntime, without torch "
         "(implied by a RUN ending in .onnx)",
     )
-    p.add_argument("--top-k", type=int, default=1, help="classes to report per image (default: 1)")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        help="classes to report per image (default: 1); a multi-label model reports every class at or "
+        "above its threshold instead",
+    )
     p.add_argument(
         "--csv",
         help="write path,label,prob (+ label_N,prob_N for top-k) to this CSV, appended chunk by chunk "
-        "(an existing file is replaced unless --resume)",
+        "(an existing file is replaced unless --resume); multi-label: path,labels (space separated) "
+        "then each class's probability",
     )
     p.add_argument(
         "--resume",
@@ -192,8 +214,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--submission-format",
         choices=SUBMISSION_FORMATS,
-        help="probs: one probability column per class; label: id,label (default: probs, or label for a "
-        "two-column sample such as id,label)",
+        help="probs: one probability column per class; label: id,label; labels (multi-label): "
+        "id,labels, space separated (default: probs, or label(s) for a two-column sample such as "
+        "id,label, and labels for a multi-label model without a sample)",
     )
     p.add_argument(
         "--sample-submission",

@@ -26,8 +26,8 @@ from typing import Protocol
 import numpy as np
 
 from graft.data.selection import expand_paths
-from graft.inference.predictions import Prediction
-from graft.inference.predictions import top_k as top_k_predictions
+from graft.inference.decision import Decision
+from graft.inference.predictions import Prediction, decide
 from graft.infrastructure.errors import GraftError
 from graft.infrastructure.fileio import atomic_write, cannot_write
 
@@ -39,7 +39,8 @@ _SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
 
 
 class Predictor(Protocol):
-    """What :func:`predict_to_csv` needs of a model: a Learner or an OnnxClassifier."""
+    """What :func:`predict_to_csv` needs of a model: a Learner or an OnnxClassifier (and its
+    ``decision``, read where it has one: without, a softmax and the top class)."""
 
     classes: list[str]
 
@@ -61,11 +62,19 @@ class StreamResult:
     seconds: float
 
 
-def csv_header(classes: Sequence[str], k: int) -> list[str]:
+def csv_header(classes: Sequence[str], k: int, multi_label: bool = False) -> list[str]:
     """The columns of a predictions CSV: ``path,label,prob`` then ``label_j,prob_j`` up to top-k
-    (k clamped to 1..number of classes, as :func:`~graft.inference.predictions.top_k` does)."""
+    (k clamped to 1..number of classes, as :func:`~graft.inference.predictions.decide` does);
+    for a multi-label model ``path,labels`` then one probability column per class, named after it."""
+    if multi_label:
+        return ["path", "labels", *classes]
     k = max(1, min(k, len(classes)))
     return ["path", "label", "prob", *(f"{c}_{j}" for j in range(2, k + 1) for c in ("label", "prob"))]
+
+
+def model_decision(model: object) -> Decision:
+    """The model's :class:`~graft.inference.decision.Decision` (a plain softmax if it has none)."""
+    return getattr(model, "decision", None) or Decision()
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -101,8 +110,10 @@ def predict_to_csv(
 ) -> StreamResult:
     """Predict image files and folders chunk by chunk, appending each chunk's rows to a CSV.
 
-    The CSV is ``path,label,prob`` (+ ``label_j,prob_j`` up to ``top_k``), probabilities with 6
-    decimals, rows in :func:`~graft.data.selection.expand_paths` order. Each chunk is flushed and
+    The CSV is ``path,label,prob`` (+ ``label_j,prob_j`` up to ``top_k``); for a multi-label
+    model ``path,labels,<class>,...``: the classes at or above their thresholds, most probable
+    first, separated by spaces (empty for none), then every class's probability. Probabilities
+    have 6 decimals, rows come in :func:`~graft.data.selection.expand_paths` order. Each chunk is flushed and
     fsync'ed before the next one starts. Undecodable files are warned about and get no row, so a
     resumed run tries them again (and, should one have become readable, appends its row last).
 
@@ -110,7 +121,7 @@ def predict_to_csv(
         model: A :class:`graft.Learner` or an :class:`~graft.export.onnx_runtime.OnnxClassifier`.
         paths: Image files and/or folders (searched recursively).
         csv_path: The CSV to write; ``None`` writes nothing (``on_chunk`` still sees every chunk).
-        top_k: Classes per row.
+        top_k: Classes per row (single-label models).
         resume: Continue an existing CSV: skip the files already in it, after cutting off a
             half-written last line. Without it an existing CSV is replaced (from the first chunk on,
             so a run that did not finish leaves a partial CSV for ``resume`` to complete).
@@ -128,7 +139,8 @@ def predict_to_csv(
     if resume and csv_path is None:
         raise GraftError("--resume needs --csv FILE: the CSV to continue")
     start = time.perf_counter()
-    header = csv_header(model.classes, top_k)
+    decision = model_decision(model)
+    header = csv_header(model.classes, top_k, decision.multi_label)
     files = expand_paths(paths)
     listed = len(files)
     if shard is not None:
@@ -146,10 +158,11 @@ def predict_to_csv(
             if not chunk:
                 continue
             kept, probs = model.predict_probs(chunk, tta=tta) if tta else model.predict_probs(chunk)
-            preds = top_k_predictions(probs, kept, model.classes, top_k)
+            preds = decide(probs, kept, model.classes, decision, top_k)
             undecodable += len(chunk) - len(kept)
             if out is not None:
-                _append(out, Path(csv_path), _rows_text(preds), written + len(done))
+                rows = prediction_rows(preds, probs if decision.multi_label else None)
+                _append(out, Path(csv_path), _rows_text(rows), written + len(done))
             written += len(preds)
             if on_chunk is not None:
                 on_chunk(preds, probs)
@@ -206,7 +219,7 @@ def merge_prediction_csvs(parts: Sequence[str | Path], out: str | Path) -> int:
             owner[row[0]] = part
             rows.append(row)
     rows.sort(key=lambda row: Path(row[0]))
-    text = _rows_text([], header=header, rows=rows)
+    text = _rows_text(rows, header=header)
     try:
         atomic_write(out, lambda tmp: tmp.write_text(text, **_ENCODING))
     except OSError as e:
@@ -260,13 +273,7 @@ def _resume_from(path: Path, header: list[str], shard: tuple[int, int] | None) -
         return set()
     found = first.rstrip("\n")
     if found != expected:
-        if _is_predictions_header(found.split(",")):
-            k = (len(found.split(",")) - 1) // 2
-            raise GraftError(
-                f"{path} holds top-{k} predictions (columns {found}), not top-{(len(header) - 1) // 2}: "
-                f"resume it with --top-k {k}, or write another CSV"
-            )
-        raise GraftError(f"{path} is not a predictions CSV written by graft predict; not resuming it")
+        _refuse_other_columns(path, found.split(","), header)
     _truncate_to_last_line(path)
     with open(path, "rb") as f:
         table = _read_rows(path, f.read().decode(**_ENCODING))
@@ -276,6 +283,22 @@ def _resume_from(path: Path, header: list[str], shard: tuple[int, int] | None) -
         if stray is not None:
             raise GraftError(f"{path} holds {stray}, which is not in shard {shard[0]}/{shard[1]}: wrong CSV?")
     return done
+
+
+def _refuse_other_columns(path: Path, found: list[str], header: list[str]) -> None:
+    """Raise the GraftError that says why a CSV with ``found`` columns cannot be resumed."""
+    if not _is_predictions_header(found):
+        raise GraftError(f"{path} is not a predictions CSV written by graft predict; not resuming it")
+    if found[1] == header[1] == "label":
+        k = (len(found) - 1) // 2
+        raise GraftError(
+            f"{path} holds top-{k} predictions (columns {','.join(found)}), not "
+            f"top-{(len(header) - 1) // 2}: resume it with --top-k {k}, or write another CSV"
+        )
+    raise GraftError(
+        f"{path} holds predictions with the columns {','.join(found[:6])}, not "
+        f"{','.join(header[:6])}: another model's? write another CSV"
+    )
 
 
 def _truncate_to_last_line(path: Path, block: int = 1 << 16) -> None:
@@ -310,6 +333,8 @@ def _read_rows(path: Path, text: str) -> list[list[str]]:
 
 
 def _is_predictions_header(columns: Sequence[str]) -> bool:
+    if len(columns) >= 3 and list(columns[:2]) == ["path", "labels"]:  # multi-label
+        return True
     k = (len(columns) - 1) // 2
     return len(columns) % 2 == 1 and k >= 1 and list(columns) == csv_header([""] * k, k)
 
@@ -325,18 +350,28 @@ def _still_there(files: Iterable[Path]) -> list[Path]:
     return kept
 
 
-def _rows_text(
-    preds: Sequence[Prediction], header: Sequence[str] | None = None, rows: Iterable[Sequence[str]] = ()
-) -> str:
-    """CSV text (``\\n`` line ends): an optional header, then ``rows``, then one row per prediction."""
+def prediction_rows(preds: Sequence[Prediction], probs: np.ndarray | None = None) -> list[list[str]]:
+    """The CSV rows of ``preds``: ``path,label,prob,...`` (``probs`` None), or with each image's
+    class probabilities (multi-label) ``path,labels,<prob of each class>``."""
+    if probs is None:
+        rows = []
+        for pred in preds:
+            row = [str(pred.path)]
+            for label, prob in zip(pred.labels, pred.probs, strict=True):
+                row += [label, f"{prob:.6f}"]
+            rows.append(row)
+        return rows
+    return [
+        [str(pred.path), " ".join(pred.labels), *(f"{p:.6f}" for p in row)]
+        for pred, row in zip(preds, probs.tolist(), strict=True)
+    ]
+
+
+def _rows_text(rows: Iterable[Sequence[str]], header: Sequence[str] | None = None) -> str:
+    """CSV text (``\\n`` line ends): an optional header, then ``rows``."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     if header is not None:
         writer.writerow(header)
     writer.writerows(rows)
-    for pred in preds:
-        row = [str(pred.path)]
-        for label, prob in zip(pred.labels, pred.probs, strict=True):
-            row += [label, f"{prob:.6f}"]
-        writer.writerow(row)
     return buf.getvalue()

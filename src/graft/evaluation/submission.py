@@ -1,7 +1,9 @@
 """Kaggle-style submission CSVs from predicted probabilities, optionally shaped by a sample file.
 
-Without a sample, a ``probs`` submission is ``id,<class>,<class>,...`` in the model's class order
-and a ``label`` submission is ``id,label``; rows follow the images. With a competition's
+Without a sample, a ``probs`` submission is ``id,<class>,<class>,...`` in the model's class order,
+a ``label`` submission is ``id,label``, and a multi-label model's ``labels`` submission is
+``id,labels`` (the classes at or above their thresholds, separated by spaces, most probable
+first; empty for none of them); rows follow the images. With a competition's
 ``sample_submission.csv`` its header fixes the columns (their names and order, classes the model
 never saw included, at probability 0) and its ids fix the order of the rows. A row's id is the
 image's file name without its suffix (``test/0a1b.jpg`` -> ``0a1b``), or with it when that is how
@@ -19,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from graft.inference.decision import Decision
 from graft.infrastructure.errors import GraftError
 from graft.infrastructure.fileio import atomic_write_text, read_csv_rows
 from graft.infrastructure.text import plural
 
-SUBMISSION_FORMATS = ("probs", "label")
+SUBMISSION_FORMATS = ("probs", "label", "labels")
 
 
 @dataclass
@@ -42,7 +45,7 @@ class SubmissionResult:
 
     path: Path
     format: str
-    """``probs`` or ``label``."""
+    """``probs``, ``label`` or ``labels``."""
     columns: list[str]
     rows: int
     """One per predicted image."""
@@ -92,6 +95,7 @@ def write_submission(
     *,
     format: str | None = None,
     sample: str | Path | SampleSubmission | None = None,
+    decision: Decision | None = None,
 ) -> SubmissionResult:
     """Write a submission CSV atomically.
 
@@ -101,15 +105,20 @@ def write_submission(
             row's id is the file name without its suffix, or with it where the sample lists it so.
         probs: Class probabilities, shape (images, classes), columns in ``classes`` order.
         classes: The model's classes.
-        format: ``probs`` (a probability column per class) or ``label`` (the most likely class).
-            Default: ``label`` when the sample has two columns and the second is not one of
-            ``classes`` (CIFAR-10's ``id,label``), else ``probs``.
+        format: ``probs`` (a probability column per class), ``label`` (the answered class:
+            the most likely, or the one a binary threshold picks) or, for a multi-label
+            ``decision``, ``labels`` (every class at or above its threshold, space separated).
+            Default: ``label`` (``labels`` for multi-label) when the sample has two columns and
+            the second is not one of ``classes`` (CIFAR-10's ``id,label``, Planet's
+            ``image_name,tags``), else ``probs``; without a sample, ``labels`` for multi-label,
+            else ``probs``.
         sample: A sample submission (its path, or :func:`read_sample_submission`'s result):
             ``probs`` takes its columns, in its order (a class the model lacks gets 0, with a
             note; a model class the sample lacks is an error); ``label`` takes its two column
             names. Rows come in the sample's id order; an image whose id the sample lacks gets
             its row after those (with a ``UserWarning``), and ids of the sample that no image has
             get none (with a ``UserWarning`` too).
+        decision: How probabilities become answers (default: the top class of a softmax).
 
     Raises:
         GraftError: A bad format or sample, a model class missing from the sample, two images
@@ -124,7 +133,8 @@ def write_submission(
     if isinstance(sample, str | Path):
         sample = read_sample_submission(sample)
     classes = list(classes)
-    format, columns, notes = submission_columns(classes, format, sample)
+    decision = decision or Decision()
+    format, columns, notes = submission_columns(classes, format, sample, multi_label=decision.multi_label)
     index = {c: j for j, c in enumerate(classes)}
 
     ids, order, missing, extra = _row_order(paths, sample)
@@ -132,8 +142,11 @@ def write_submission(
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     if format == "label":
-        best = probs.argmax(axis=1)  # the first of equal maxima, as the predictions' top-1
+        best = decision.predicted(probs)  # the predictions' first label: the top class, or the threshold's
         writer.writerows([ids[i], classes[best[i]]] for i in order)
+    elif format == "labels":
+        answers = decision.answers(probs)
+        writer.writerows([ids[i], " ".join(classes[j] for j in answers[i])] for i in order)
     else:
         take = [index.get(c, -1) for c in columns[1:]]
         for i in order:
@@ -182,28 +195,33 @@ def _row_order(
 
 
 def submission_columns(
-    classes: Sequence[str], format: str | None = None, sample: SampleSubmission | None = None
+    classes: Sequence[str],
+    format: str | None = None,
+    sample: SampleSubmission | None = None,
+    *,
+    multi_label: bool = False,
 ) -> tuple[str, list[str], list[str]]:
     """The format, the header and the notes of a submission, as :func:`write_submission` decides
     them; a command can call it before it predicts, to fail in a second rather than after an hour.
 
     Raises:
-        GraftError: An unknown format, a label format with a sample of more than two columns, or a
+        GraftError: An unknown format, ``label`` for a multi-label model or ``labels`` for a
+            single-label one, a label(s) format with a sample of more than two columns, or a
             model class missing from a probs sample's header.
     """
-    if format is not None and format not in SUBMISSION_FORMATS:
-        raise GraftError(f"submission format must be one of {', '.join(SUBMISSION_FORMATS)}, got {format!r}")
+    format = _checked_format(format, multi_label)
     classes = list(classes)
+    answer = "labels" if multi_label else "label"
     if format is None:
         two = sample is not None and len(sample.header) == 2 and sample.header[1] not in classes
-        format = "label" if two else "probs"
+        format = answer if two or (sample is None and multi_label) else "probs"
     if sample is None:
-        return format, (["id", *classes] if format == "probs" else ["id", "label"]), []
+        return format, (["id", *classes] if format == "probs" else ["id", format]), []
     name, columns = sample.path.name, list(sample.header)
-    if format == "label":
+    if format != "probs":
         if len(columns) != 2:
             raise GraftError(
-                f"a label submission has two columns (id, label), but {name} has {len(columns)}: "
+                f"a {format} submission has two columns (id, {format}), but {name} has {len(columns)}: "
                 "use the probs format"
             )
         return format, columns, []
@@ -223,6 +241,16 @@ def submission_columns(
             f"({_examples(unknown)})"
         )
     return format, columns, notes
+
+
+def _checked_format(format: str | None, multi_label: bool) -> str | None:
+    if format is not None and format not in SUBMISSION_FORMATS:
+        raise GraftError(f"submission format must be one of {', '.join(SUBMISSION_FORMATS)}, got {format!r}")
+    if format == "label" and multi_label:
+        raise GraftError("a multi-label model answers any number of classes: use the labels or probs format")
+    if format == "labels" and not multi_label:
+        raise GraftError("the labels format is for multi-label models: use the label or probs format")
+    return format
 
 
 def _sample_id(path: Path, wanted: set[str]) -> str:

@@ -7,6 +7,7 @@ the run's ``workers`` option, :attr:`Classifier.precision`); nothing here change
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,13 +20,16 @@ from graft.data.selection import eval_samples, expand_paths
 from graft.data.transforms import Preprocessing, eval_transform
 from graft.evaluation.interpret import Interpretation
 from graft.evaluation.metrics import EvalResult
-from graft.inference.predict import sample_probs
-from graft.inference.predictions import Prediction, top_k
+from graft.inference.decision import Decision
+from graft.inference.predict import activate, sample_probs
+from graft.inference.predictions import Prediction, decide
 from graft.infrastructure.config import INFERENCE_PRECISIONS, TrainConfig
 from graft.infrastructure.errors import GraftError
 from graft.infrastructure.runtime import autocast, channels_last, check_precision
 from graft.models import ModelSpec
 from graft.models.fuse import inference_model
+
+_INTERPRETATION_FIELDS = {f.name for f in dataclasses.fields(Interpretation)}
 
 
 class Classifier:
@@ -41,6 +45,8 @@ class Classifier:
         data: Its dataset (None when loaded only to predict).
         split: The exact split it was trained on (``ImageData.to_record()``), for evaluation.
         config: Its options (``workers`` and ``cache_features`` are read here).
+        decision: How its outputs become answers: a softmax and the top class (or a binary
+            threshold), or a sigmoid per class and per-class thresholds (multi-label).
     """
 
     model: torch.nn.Module
@@ -51,6 +57,7 @@ class Classifier:
     data: ImageData | None
     split: dict | None
     config: TrainConfig
+    decision: Decision
     _precision: str
     _fast: tuple[tuple, torch.nn.Module] | None
 
@@ -107,19 +114,32 @@ class Classifier:
             use_cache=self.config.cache_features,
             **self._inference_options(batch_size, workers, precision),
             tta=tta,
+            activation=self._decision.activation,
         )
         if probs.shape[0] == 0:
             probs = np.zeros((0, len(self.classes)))
+        extra = {"decision": self._decision} if "decision" in _INTERPRETATION_FIELDS else {}
         return Interpretation(
             classes=list(self.classes),
             paths=[samples[i].path for i in kept],
-            labels=np.array([samples[i].label for i in kept], dtype=np.int64),
+            labels=self._targets([samples[i].label for i in kept]),
             probs=probs,
             preprocessing=self.preprocessing,
             source=source,
             undecodable=len(samples) - len(kept),
             tta=2 if tta is True else int(tta),
+            **extra,
         )
+
+    def _targets(self, labels: Sequence[int | tuple[int, ...] | None]) -> np.ndarray:
+        """The samples' labels as an ``(n,)`` class index array, or for a multi-label model an
+        ``(n, classes)`` 0/1 array (a row of zeros: none of the classes)."""
+        if not self.multi_label:
+            return np.array(labels, dtype=np.int64)
+        hot = np.zeros((len(labels), len(self.classes)), dtype=np.int64)
+        for row, label in enumerate(labels):
+            hot[row, list(label if isinstance(label, tuple) else (label,))] = 1
+        return hot
 
     def predict(
         self,
@@ -131,7 +151,12 @@ class Classifier:
         workers: int | None = None,
         precision: str | None = None,
     ) -> list[Prediction]:
-        """Top-``k`` predictions for image files and/or folders (searched recursively).
+        """Predictions for image files and/or folders (searched recursively).
+
+        Single-label: the answered class (the top one, or the one the binary threshold picks),
+        then the next most likely up to ``k`` classes. Multi-label: every class at or above its
+        threshold, most probable first, possibly none (``k`` is ignored; see
+        :class:`~graft.inference.predictions.Prediction`).
 
         Undecodable files are warned about and left out. ``tta``, ``batch_size``, ``workers``,
         ``precision``: see :meth:`evaluate`.
@@ -139,7 +164,7 @@ class Classifier:
         kept, probs = self.predict_probs(
             paths, tta=tta, batch_size=batch_size, workers=workers, precision=precision
         )
-        return top_k(probs, kept, self.classes, k)
+        return decide(probs, kept, self.classes, self._decision, k)
 
     def predict_probs(
         self,
@@ -151,7 +176,8 @@ class Classifier:
         precision: str | None = None,
     ) -> tuple[list[Path], np.ndarray]:
         """Full class probabilities (columns in ``self.classes`` order) for the decodable images
-        (the other arguments: see :meth:`evaluate`).
+        (the other arguments: see :meth:`evaluate`): a softmax over the classes, or for a
+        multi-label model one sigmoid per class (rows need not sum to 1).
 
         Returns:
             ``(paths, probs)``: the images that could be decoded, and one row of probabilities each.
@@ -166,6 +192,7 @@ class Classifier:
             fast=self._inference_model(),
             **self._inference_options(batch_size, workers, precision),
             tta=tta,
+            activation=self._decision.activation,
         )
         return [samples[i].path for i in kept], probs
 
@@ -196,7 +223,7 @@ class Classifier:
         x = channels_last(x.to(self.device))
         with autocast(self.device, self.precision):
             logits = self._inference_model()(x)
-        return torch.softmax(logits.double(), dim=1).cpu().numpy()
+        return activate(logits, self._decision.activation)
 
     def _inference_model(self) -> torch.nn.Module:
         """The BatchNorm-folded copy used for prediction, rebuilt only when the weights changed
@@ -207,6 +234,17 @@ class Classifier:
         if self._fast is None or self._fast[0] != stamp:
             self._fast = (stamp, inference_model(self.model, self.preprocessing.input_size, self.device))
         return self._fast[1]
+
+    @property
+    def _decision(self) -> Decision:
+        # A learner built before it had a decision (or a subclass that sets none) predicts as
+        # every run did before: a softmax and the top class.
+        return getattr(self, "decision", None) or Decision()
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether the model answers any number of classes per image (one sigmoid per class)."""
+        return self._decision.multi_label
 
     @property
     def precision(self) -> str:
