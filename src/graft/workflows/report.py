@@ -1,15 +1,14 @@
 """``report.html``: one self-contained page (images embedded) that shows what a run learned.
 
-Sections: run summary, training curves, confusion matrix, per-class metrics, most-confused pairs,
-top losses and a grid of sample predictions (plus the lr-find plot when the run used ``--lr auto``).
-Every plot is also written as a PNG beside the page.
+Sections: run summary, training curves, confusion matrix, ROC and PR curves (two classes; each
+class against the rest otherwise), per-class metrics, most-confused pairs, top losses and a grid of
+sample predictions (plus the lr-find plot when the run used ``--lr auto``). A multi-label run has
+per-class PR curves, per-class thresholds and missed/extra labels instead of the confusion matrix
+and the ROC section. Every plot is also written as a PNG beside the page.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import math
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,22 +17,47 @@ from graft.evaluation.interpret import Interpretation
 from graft.infrastructure.errors import GraftError
 from graft.infrastructure.fileio import atomic_write_text, cannot_write
 from graft.infrastructure.text import plural
+from graft.workflows.report_sections import (
+    BODIES,
+    MAX_TABLE_CLASSES,
+    esc,
+    fmt,
+    img,
+    num,
+    section,
+    table,
+)
 
 if TYPE_CHECKING:
     from graft.learner.learner import Learner
 
 REPORT_FILE = "report.html"
-# Tables with one row and column per class stay readable up to about this many classes.
-MAX_TABLE_CLASSES = 30
 
 SECTIONS = {
     "summary": "Run summary",
     "curves": "Training curves",
     "confusion": "Confusion matrix",
+    "roc-pr": "ROC and PR curves",
     "per-class": "Per-class precision, recall and F1",
     "confused": "Most-confused classes",
     "top-losses": "Top losses",
     "predictions": "Sample predictions",
+}
+MULTI_LABEL_SECTIONS = {
+    "summary": "Run summary",
+    "curves": "Training curves",
+    "pr-curves": "Per-class PR curves",
+    "per-class": "Per-class precision, recall, F1, AP and thresholds",
+    "confused": "Missed and extra labels",
+    "top-losses": "Top losses",
+    "predictions": "Sample predictions",
+}
+# Validation scores the training side may record beside accuracy (older runs lack them).
+EXTRA_HISTORY = {
+    "val_bal_acc": "val bal. acc",
+    "val_macro_f1": "val macro F1",
+    "val_micro_f1": "val micro F1",
+    "val_map": "val mAP",
 }
 
 _CSS = """
@@ -48,31 +72,9 @@ img{max-width:100%;border:1px solid #eee}.muted{color:#656d76}nav a{margin-right
 """
 
 
-def _esc(value: object) -> str:
-    return html.escape(str(value))
-
-
-def _img(data: bytes, alt: str) -> str:
-    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
-
-
-def _table(header: list[str], rows: list[list[object]], table_id: str = "", left: int = 1) -> str:
-    """An HTML table; the first ``left`` columns are left-aligned (labels), the rest right-aligned."""
-    ident = f' id="{table_id}"' if table_id else ""
-    head = "".join(f"<th{' class=l' if i < left else ''}>{_esc(h)}</th>" for i, h in enumerate(header))
-    body = "".join(
-        "<tr>"
-        + "".join(f"<td{' class=l' if i < left else ''}>{_esc(c)}</td>" for i, c in enumerate(r))
-        + "</tr>"
-        for r in rows
-    )
-    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _fmt(value: object) -> str:
-    if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:.4f}"
-    return str(value)
+def report_sections(interp: Interpretation) -> dict[str, str]:
+    """The sections of the report of these predictions, in page order: id -> title."""
+    return MULTI_LABEL_SECTIONS if interp.multi_label else SECTIONS
 
 
 def write_report(
@@ -96,42 +98,28 @@ def write_report(
     Returns:
         The path of ``report.html``.
     """
-    from graft.evaluation.plots import plot_history
-
     if top_losses < 1 or samples < 1:
         raise GraftError("the report needs at least 1 top-loss image and 1 sample image")
     if out is None and learn.run_dir is None:
         raise GraftError("write_report needs out=FOLDER (this learner has no run folder)")
     out = Path(out or learn.run_dir)
     interp = interp if interp is not None else learn.interpret()
-    figures = {
-        "curves": plot_history(learn.history) if learn.history else None,
-        "confusion": interp.plot_confusion(),
-        "confusion_normalized": interp.plot_confusion(normalize=True),
-        "top_losses": interp.plot_top_losses(top_losses) if len(interp.paths) else None,
-        "predictions": interp.plot_predictions(samples) if len(interp.paths) else None,
-    }
     try:  # a read-only folder or a full disk is one line, not a traceback from the middle
-        pngs = _write_pngs(learn, figures, out)
+        pngs = _write_pngs(learn, _figures(learn, interp, top_losses, samples), out)
     except OSError as e:
         raise cannot_write(out, e, "the report was not written") from None
+    sections = report_sections(interp)
     parts = [
-        _summary(learn, interp),
-        _curves(learn, pngs),
-        _confusion(interp, pngs),
-        _per_class(interp),
-        _confused(interp),
-        _top_losses(interp, pngs, top_losses),
-        _predictions(interp, pngs),
+        section(key, title, _body(key, learn, interp, pngs, top_losses)) for key, title in sections.items()
     ]
     if "lr_find" in pngs:
-        parts.append(_section("lr-find", "Learning-rate finder", _img(pngs["lr_find"], "lr-find plot")))
-    nav = "".join(f'<a href="#{k}">{_esc(v)}</a>' for k, v in SECTIONS.items())
+        parts.append(section("lr-find", "Learning-rate finder", img(pngs["lr_find"], "lr-find plot")))
+    nav = "".join(f'<a href="#{k}">{esc(v)}</a>' for k, v in sections.items())
     title = f"graft report: {learn.spec.arch} on {Path(str(learn.config.data)).name or 'data'}"
     page = (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
-        f"<style>{_CSS}</style></head><body><h1>{_esc(title)}</h1>"
-        f'<p class="muted">evaluated on {_esc(interp.source)}</p><nav>{nav}</nav>'
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+        f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>"
+        f'<p class="muted">evaluated on {esc(interp.source)}</p><nav>{nav}</nav>'
         + "".join(parts)
         + "</body></html>\n"
     )
@@ -141,6 +129,33 @@ def write_report(
     except OSError as e:
         raise cannot_write(path, e) from None
     return path
+
+
+def _body(key: str, learn: Learner, interp: Interpretation, pngs: dict[str, bytes], k: int) -> str:
+    """The HTML inside section ``key``."""
+    if key == "summary":
+        return _summary(learn, interp)
+    if key == "curves":
+        return _curves(learn, pngs)
+    return BODIES[key](interp, pngs, k)
+
+
+def _figures(learn: Learner, interp: Interpretation, top_losses: int, samples: int) -> dict:
+    """The report's figures by PNG name (None: not drawn for this run)."""
+    from graft.evaluation.plots import plot_history
+
+    images = len(interp.paths) > 0
+    figures = {"curves": plot_history(learn.history) if learn.history else None}
+    if interp.multi_label:
+        figures["pr_curves"] = interp.plot_pr_curves() if images else None
+    else:
+        figures["confusion"] = interp.plot_confusion()
+        figures["confusion_normalized"] = interp.plot_confusion(normalize=True)
+        # Two classes only: with more, the section is a table (one class against the rest).
+        figures["roc_pr"] = interp.plot_roc_pr() if images and len(interp.classes) == 2 else None
+    figures["top_losses"] = interp.plot_top_losses(top_losses) if images else None
+    figures["predictions"] = interp.plot_predictions(samples) if images else None
+    return figures
 
 
 def _write_pngs(learn: Learner, figures: dict, out: Path) -> dict[str, bytes]:
@@ -156,10 +171,6 @@ def _write_pngs(learn: Learner, figures: dict, out: Path) -> dict[str, bytes]:
     elif (out / "lr_find.png").is_file():
         pngs["lr_find"] = (out / "lr_find.png").read_bytes()
     return pngs
-
-
-def _section(key: str, title: str, body: str) -> str:
-    return f'<section id="{key}"><h2>{_esc(title)}</h2>{body}</section>'
 
 
 def _summary(learn: Learner, interp: Interpretation) -> str:
@@ -193,15 +204,44 @@ def _summary(learn: Learner, interp: Interpretation) -> str:
             + (f", {interp.undecodable} skipped (undecodable)" if interp.undecodable else "")
             + (f", test-time augmentation ({interp.tta} views)" if interp.tta else ""),
         ],
-        ["accuracy", f"{_fmt(result.accuracy)} (loss {_fmt(result.loss)})"],
+        *_scores(interp),
     ]
-    facts += [[k, _fmt(v)] for k, v in m.items()]
-    body = _table(["", ""], facts, "summary-facts", left=2)
+    facts += [[k, fmt(v)] for k, v in m.items()]
+    body = table(["", ""], facts, "summary-facts", left=2)
     body += _split_counts(learn)
     body += "<details><summary>full configuration</summary>"
-    body += _table(["option", "value"], [[k, v] for k, v in cfg.to_dict().items()], "config", left=2)
+    body += table(["option", "value"], [[k, v] for k, v in cfg.to_dict().items()], "config", left=2)
     body += "</details>"
-    return _section("summary", SECTIONS["summary"], body)
+    return body
+
+
+def _scores(interp: Interpretation) -> list[list[str]]:
+    """The summary's rows of scores on the evaluated images."""
+    result, decision = interp.result, interp.decision
+    chosen = f" ({decision.chosen_by})" if decision.chosen_by else ""
+    if interp.multi_label:
+        return [
+            ["exact match", f"{fmt(result.accuracy)} (loss {fmt(result.loss)}, binary cross-entropy)"],
+            ["micro F1 / macro F1", f"{fmt(result.micro_f1)} / {fmt(result.macro_f1)}"],
+            ["mean average precision", fmt(result.mean_ap)],
+            [
+                "thresholds",
+                ("per class, see below" if decision.thresholds else "0.5 for every class") + chosen,
+            ],
+        ]
+    rows = [
+        ["accuracy", f"{fmt(result.accuracy)} (loss {fmt(result.loss)})"],
+        ["balanced accuracy", fmt(result.balanced_accuracy)],
+        ["macro F1", fmt(result.macro_f1)],
+    ]
+    if result.roc_auc is not None:
+        positive = interp.classes[decision.positive]
+        rows.append(["ROC AUC / AP", f"{fmt(result.roc_auc)} / {fmt(result.average_precision)} ({positive})"])
+        if decision.thresholds:
+            rows.append(
+                ["threshold", f"{positive} when its probability ≥ {decision.thresholds[0]:.4f}{chosen}"]
+            )
+    return rows
 
 
 def _split_counts(learn: Learner) -> str:
@@ -209,113 +249,43 @@ def _split_counts(learn: Learner) -> str:
     splits = (learn.split or {}).get("splits") or {}
     if not splits:
         return ""
-    counts = {name: Counter(label for _, label in rows) for name, rows in splits.items()}
+    counts = {name: Counter(_each_label(rows)) for name, rows in splits.items()}
     names = list(splits)
     rows = [[c, *(counts[n][c] for n in names)] for c in learn.classes[:MAX_TABLE_CLASSES]]
     if len(learn.classes) > MAX_TABLE_CLASSES:
         more = plural(len(learn.classes) - MAX_TABLE_CLASSES, "more class", "more classes")
         rows.append([f"… {more}", *([""] * len(names))])
     rows.append(["total", *(len(splits[n]) for n in names)])
-    return "<h3>Images per split</h3>" + _table(["class", *names], rows, "split-counts")
+    return "<h3>Images per split</h3>" + table(["class", *names], rows, "split-counts")
 
 
-def _curves(learn: Learner, pngs: dict[str, bytes]) -> str:
+def _each_label(rows: list) -> list[str]:
+    """Every label of the split's rows: one per row, or a multi-label row's list of them."""
+    return [x for _, label in rows for x in (label if isinstance(label, list | tuple) else [label])]
+
+
+def _curves(learn: Learner, pngs: dict) -> str:
     if "curves" not in pngs:
-        return _section("curves", SECTIONS["curves"], '<p class="muted">this run has no training history</p>')
+        return '<p class="muted">this run has no training history</p>'
     phases = list(dict.fromkeys(str(r["phase"]) for r in learn.history))
+    extra = [k for k in EXTRA_HISTORY if any(r.get(k) not in ("", None) for r in learn.history)]
+    columns = ["train_loss", "train_acc", "val_loss", "val_acc", *extra]
     rows = [
         [
             r["epoch"],
             r["phase"],
-            *(_fmt(_num(r[k])) for k in ("train_loss", "train_acc", "val_loss", "val_acc")),
-            f"{_num(r['lr']):.2e}",
-            f"{_num(r['seconds']):.1f}",
+            *(fmt(num(r.get(k))) for k in columns),
+            f"{num(r.get('lr')):.2e}",
+            f"{num(r.get('seconds')):.1f}",
         ]
         for r in learn.history
     ]
-    body = (
-        _img(pngs["curves"], "training curves")
+    header = ["epoch", "phase", "train loss", "train acc", "val loss", "val acc"]
+    header += [EXTRA_HISTORY[k] for k in extra] + ["lr", "seconds"]
+    return (
+        img(pngs["curves"], "training curves")
         + f'<p class="muted">shaded: phases ({", ".join(phases)}); frozen = body frozen, head trained</p>'
         + "<details><summary>per-epoch table</summary>"
-        + _table(
-            ["epoch", "phase", "train loss", "train acc", "val loss", "val acc", "lr", "seconds"],
-            rows,
-            "history",
-            left=2,
-        )
+        + table(header, rows, "history", left=2)
         + "</details>"
     )
-    return _section("curves", SECTIONS["curves"], body)
-
-
-def _num(x: object) -> float:
-    return float(x) if x not in ("", None) else math.nan
-
-
-def _confusion(interp: Interpretation, pngs: dict[str, bytes]) -> str:
-    classes = interp.classes
-    body = '<p class="muted">rows: true class; columns: predicted class</p>'
-    if len(classes) <= MAX_TABLE_CLASSES:
-        counts = interp.confusion()
-        norm = interp.confusion(normalize=True)
-        body += "<h3>Counts</h3>" + _table(
-            ["true \\ predicted", *classes],
-            [[c, *map(int, row)] for c, row in zip(classes, counts, strict=True)],
-            "confusion-counts",
-        )
-        body += "<h3>Row-normalised</h3>" + _table(
-            ["true \\ predicted", *classes],
-            [[c, *(f"{v:.2f}" for v in row)] for c, row in zip(classes, norm, strict=True)],
-            "confusion-normalized",
-        )
-    else:
-        body += f'<p class="muted">{len(classes)} classes: see the plots, or graft evaluate --json</p>'
-    body += _img(pngs["confusion"], "confusion matrix (counts)")
-    body += _img(pngs["confusion_normalized"], "confusion matrix (row-normalised)")
-    return _section("confusion", SECTIONS["confusion"], body)
-
-
-def _per_class(interp: Interpretation) -> str:
-    result = interp.result
-    rows = [
-        [r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", r["support"]]
-        for r in result.per_class
-    ]
-    body = f"<p>accuracy {_fmt(result.accuracy)}, loss {_fmt(result.loss)}, {plural(result.n, 'image')}</p>"
-    body += _table(["class", "precision", "recall", "F1", "support"], rows, "per-class-table")
-    return _section("per-class", SECTIONS["per-class"], body)
-
-
-def _confused(interp: Interpretation) -> str:
-    pairs = interp.most_confused(10)
-    body = (
-        _table(["true class", "predicted as", "images"], [list(p) for p in pairs], "confused-pairs", left=2)
-        if pairs
-        else "<p>no mistakes</p>"
-    )
-    return _section("confused", SECTIONS["confused"], body)
-
-
-def _top_losses(interp: Interpretation, pngs: dict[str, bytes], k: int) -> str:
-    if "top_losses" not in pngs:
-        return _section("top-losses", SECTIONS["top-losses"], "<p>no images</p>")
-    rows = [
-        [r["path"].name, r["true"], r["pred"], f"{r['prob']:.3f}", f"{r['loss']:.3f}"]
-        for r in interp.top_losses(k)
-    ]
-    body = (
-        '<p class="muted">captions: true / predicted, probability of the prediction, loss</p>'
-        + _img(pngs["top_losses"], "top losses")
-        + _table(["image", "true", "predicted", "probability", "loss"], rows, "top-losses-table", left=3)
-    )
-    return _section("top-losses", SECTIONS["top-losses"], body)
-
-
-def _predictions(interp: Interpretation, pngs: dict[str, bytes]) -> str:
-    if "predictions" not in pngs:
-        return _section("predictions", SECTIONS["predictions"], "<p>no images</p>")
-    body = (
-        '<p class="muted">a random sample; <span class="right">green: right</span>, '
-        '<span class="wrong">red: wrong</span></p>' + _img(pngs["predictions"], "sample predictions")
-    )
-    return _section("predictions", SECTIONS["predictions"], body)
