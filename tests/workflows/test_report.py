@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import base64
+import copy
+import dataclasses
 import io
 from html.parser import HTMLParser
 
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from graft import ImageData, Learner, load_learner
-from graft.workflows.report import SECTIONS, write_report
+from graft.evaluation.interpret import Interpretation
+from graft.inference.decision import Decision
+from graft.workflows.report import MULTI_LABEL_SECTIONS, SECTIONS, report_sections, write_report
 from tests.conftest import make_image_folder
 
 PNGS = ("curves", "confusion", "confusion_normalized", "top_losses", "predictions")
@@ -162,3 +167,121 @@ def test_class_names_are_escaped(tmp_path):
     text = path.read_text(encoding="utf-8")
     assert name not in text and "&lt;i&gt;x&amp;y" in text
     assert parse_report(path).tables["confusion-counts"][0][1] == name
+
+
+def summary_facts(report: ReportParser) -> dict[str, str]:
+    return {row[0]: row[1] for row in report.tables["summary-facts"][1:]}
+
+
+def test_summary_and_per_class_show_balanced_accuracy_and_macro_f1(trained, report):
+    _, learn, _ = trained
+    _, parsed = report
+    result = learn.evaluate()
+    facts = summary_facts(parsed)
+    assert facts["balanced accuracy"] == f"{result.balanced_accuracy:.4f}"
+    assert facts["macro F1"] == f"{result.macro_f1:.4f}"
+    assert "ROC AUC / AP" not in facts  # three classes: no single positive class
+
+
+def test_three_classes_get_one_against_the_rest_areas(trained, report):
+    _, learn, _ = trained
+    _, parsed = report
+    interp = learn.interpret()
+    rows = parsed.tables["roc-pr-table"][1:]
+    assert [r[0] for r in rows] == learn.classes
+    for i, row in enumerate(rows):
+        positive = interp.labels == i
+        assert float(row[1]) == pytest.approx(roc_auc_score(positive, interp.probs[:, i]), abs=6e-5)
+        assert float(row[2]) == pytest.approx(average_precision_score(positive, interp.probs[:, i]), abs=6e-5)
+
+
+@pytest.fixture(scope="module")
+def binary(tmp_path_factory):
+    root = tmp_path_factory.mktemp("binary")
+    make_image_folder(root / "train", {"cat": 6, "dog": 6}, size=(40, 40), seed=3)
+    make_image_folder(root / "val", {"cat": 4, "dog": 5}, size=(40, 40), seed=4)
+    learn = Learner(ImageData.from_folder(root), "tf_efficientnet_lite0", input_size=32, seed=0)
+    learn.fit(mode="features", epochs=2, batch_size=4, workers=0, log=lambda _: None)
+    return learn, learn.interpret()
+
+
+def test_binary_run_has_roc_and_pr_curves_at_its_threshold(binary, tmp_path):
+    learn, interp = binary
+    interp = dataclasses.replace(interp, decision=Decision(thresholds=(0.3,), chosen_by="by hand"))
+    parsed = parse_report(write_report(learn, interp, tmp_path))
+    assert parsed.sections == list(SECTIONS)
+    assert "ROC and PR curves" in dict(parsed.images) and (tmp_path / "roc_pr.png").is_file()
+    scores, positive = interp.probs[:, 1], interp.labels == 1
+    facts = summary_facts(parsed)
+    auc, ap = roc_auc_score(positive, scores), average_precision_score(positive, scores)
+    assert facts["ROC AUC / AP"] == f"{auc:.4f} / {ap:.4f} (dog)"
+    assert facts["threshold"] == "dog when its probability ≥ 0.3000 (by hand)"
+    # The confusion matrix is the one at the threshold, not at the top class.
+    answered = np.where(scores >= 0.3, 1, 0)
+    expected = [[int(((interp.labels == t) & (answered == p)).sum()) for p in (0, 1)] for t in (0, 1)]
+    assert confusion_from_html(parsed).tolist() == expected
+    assert parsed.tables["roc-pr-table"][1] == ["dog", f"{auc:.4f}", f"{ap:.4f}"]
+
+
+ML_LABELS = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 1, 1], [0, 0, 1], [1, 0, 1]])
+ML_PROBS = np.array(
+    [[0.9, 0.2, 0.1], [0.8, 0.4, 0.1], [0.1, 0.3, 0.6], [0.3, 0.7, 0.8], [0.2, 0.1, 0.9], [0.6, 0.5, 0.4]]
+)
+
+
+@pytest.fixture(scope="module")
+def multi_label_report(trained, tmp_path_factory):
+    """A multi-label report from hand-made predictions on real images, with a history that has
+    the multi-label validation scores."""
+    root, learn, _ = trained
+    run = copy.copy(learn)
+    # A column the run did not record (here val_bal_acc, a single-label score) is not shown.
+    rows = [{k: v for k, v in r.items() if k != "val_bal_acc"} for r in learn.history]
+    run.history = [dict(r, val_map=0.7, val_macro_f1=0.6, val_micro_f1=0.65) for r in rows]
+    paths = sorted((root / "val").rglob("*.png"))[:6]
+    decision = Decision(multi_label=True, thresholds=(0.5, 0.45, 0.5), chosen_by="max F1 on val")
+    interp = Interpretation(
+        list(learn.classes), paths, ML_LABELS, ML_PROBS, learn.preprocessing, "hand-made", decision=decision
+    )
+    out = tmp_path_factory.mktemp("multi")
+    return interp, out, parse_report(write_report(run, interp, out, top_losses=3, samples=4))
+
+
+def test_multi_label_report_sections_and_images(multi_label_report):
+    interp, out, parsed = multi_label_report
+    assert parsed.sections == list(MULTI_LABEL_SECTIONS) == list(report_sections(interp))
+    assert "confusion-counts" not in parsed.tables and not (out / "confusion.png").exists()
+    assert sorted(alt for alt, _ in parsed.images) == sorted(
+        ["training curves", "per-class PR curves", "top losses", "sample predictions"]
+    )
+    assert parsed.external == []
+
+
+def test_multi_label_tables_agree_with_the_result(multi_label_report):
+    interp, _, parsed = multi_label_report
+    result = interp.result
+    facts = summary_facts(parsed)
+    assert facts["exact match"].startswith(f"{result.accuracy:.4f}")
+    assert facts["micro F1 / macro F1"] == f"{result.micro_f1:.4f} / {result.macro_f1:.4f}"
+    assert facts["mean average precision"] == f"{result.mean_ap:.4f}"
+    rows = parsed.tables["per-class-table"]
+    assert rows[0] == ["class", "precision", "recall", "F1", "AP", "support", "answered", "threshold"]
+    assert [r[-1] for r in rows[1:]] == ["0.500", "0.450", "0.500"]
+    assert [int(r[5]) for r in rows[1:]] == ML_LABELS.sum(0).tolist()
+    aps = [average_precision_score(ML_LABELS[:, c], ML_PROBS[:, c]) for c in range(3)]
+    assert [float(r[4]) for r in rows[1:]] == pytest.approx(aps, abs=6e-4)
+
+
+def test_multi_label_top_losses_are_label_sets_and_history_has_the_new_columns(multi_label_report):
+    interp, _, parsed = multi_label_report
+    classes = interp.classes
+    top = parsed.tables["top-losses-table"][1:]
+    worst = int(np.argmax(interp.losses))
+    true = " ".join(classes[c] for c in np.flatnonzero(ML_LABELS[worst])) or "(none)"
+    answered = " ".join(classes[c] for c in np.flatnonzero(ML_PROBS[worst] >= [0.5, 0.45, 0.5])) or "(none)"
+    assert top[0][:3] == [interp.paths[worst].name, true, answered]
+    assert len(top) == 3
+    header = parsed.tables["history"][0]
+    assert {"val macro F1", "val micro F1", "val mAP"} <= set(header) and "val bal. acc" not in header
+    mistakes = {(r[0], r[1]): int(r[2]) for r in parsed.tables["confused-pairs"][1:]}
+    assert mistakes == {(c, kind): n for c, kind, n in interp.most_confused(10)}

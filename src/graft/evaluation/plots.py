@@ -148,7 +148,7 @@ def plot_roc_pr(
     fig = Figure(figsize=(10, 4.2))
     ax_roc, ax_pr = fig.subplots(1, 2)
     fpr, tpr, roc_t = roc_curve(scores, positive_mask)
-    ax_roc.plot(fpr, tpr, "-", drawstyle="default", label=f"ROC AUC {roc_auc(scores, positive_mask):.3f}")
+    ax_roc.plot(fpr, tpr, "-", label=f"ROC AUC {roc_auc(scores, positive_mask):.3f}")
     ax_roc.plot([0, 1], [0, 1], ":", color="#888888", label="chance")
     ax_roc.set(xlabel="false positive rate", ylabel="true positive rate (recall)", title=f"ROC: {positive}")
     precision, recall, pr_t = precision_recall_curve(scores, positive_mask)
