@@ -115,7 +115,10 @@ class Scan:
             classes: The class names.
             splits: Split name -> Samples (``.label`` indexes ``classes``; None if unlabeled).
         """
-        counts = {name: Counter(s.label for s in samples) for name, samples in splits.items()}
+        counts = {
+            name: Counter(i for s in samples for i in (s.label if isinstance(s.label, tuple) else [s.label]))
+            for name, samples in splits.items()
+        }
         train = {c: counts["train"][i] for i, c in enumerate(classes)}
         for note in (case_note(classes), imbalance_note(train)):
             if note:

@@ -6,8 +6,10 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING
 
 from graft.data._csv import group_labeled, locate_images, match_ids, read_labels_csv
+from graft.data._multilabel import is_multi_label_csv, label_counts, load_multilabel_csv
 from graft.data._scan import (
     VAL_NAMES,
     Scan,
@@ -24,15 +26,19 @@ from graft.infrastructure.errors import GraftError
 from graft.infrastructure.fileio import inside
 from graft.infrastructure.text import plural, preview
 
+if TYPE_CHECKING:
+    import torch
+
 _MAX_SUMMARY_ROWS = 30
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One image file and its class index (None for unlabeled images)."""
+    """One image file and its class index (None for unlabeled images); in a multi-label dataset,
+    the sorted tuple of its class indices (empty: none of the classes)."""
 
     path: Path
-    label: int | None
+    label: int | tuple[int, ...] | None
 
 
 def _labeled(groups: dict[str, list[Path]], classes: list[str], where: Path) -> list[Sample]:
@@ -174,6 +180,25 @@ def _load_csv(
     return classes, splits
 
 
+def _load_multilabel(
+    root: Path,
+    labels: Path,
+    images: Path | None,
+    valid_split: float,
+    test_split: float,
+    seed: int,
+    scan: Scan,
+) -> tuple:
+    """A multi-label CSV (id, space-separated labels) beside a flat folder of images."""
+    fractions = {"val": valid_split} | ({"test": test_split} if test_split > 0 else {})
+    classes, rows = load_multilabel_csv(root, labels, images, fractions, seed, scan)
+    splits = {name: [Sample(p, labels_) for p, labels_ in part] for name, part in rows.items()}
+    test_dir = child(root, "test")
+    if test_split == 0 and test_dir is not None and list_images(test_dir):
+        splits["test"] = _unlabeled(test_dir, scan)
+    return classes, splits
+
+
 @dataclass
 class ImageData:
     """A labeled image dataset split into train / val / (test).
@@ -199,6 +224,7 @@ class ImageData:
     splits: dict[str, list[Sample]]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    multi_label: bool = False
 
     @classmethod
     def from_folder(
@@ -210,6 +236,7 @@ class ImageData:
         test_split: float = 0.0,
         seed: int = 0,
         images: str | Path | None = None,
+        multi_label: bool | None = None,
     ) -> ImageData:
         """Load a dataset, detecting its layout. Raises GraftError with a one-line reason.
 
@@ -223,6 +250,8 @@ class ImageData:
             seed: Split seed; the same seed gives the same split.
             images: ``csv`` layout only: the folder holding the images (default: root or the
                 subfolder of root whose file names match the most CSV ids).
+            multi_label: Read the labels CSV as space-separated labels per image (any number,
+                none included). None: when its label column is named ``labels`` or ``tags``.
         """
         root = Path(os.path.abspath(Path(root).expanduser()))
         if not root.exists():
@@ -248,8 +277,13 @@ class ImageData:
                 if not inside(folder, root):
                     raise GraftError(f"images folder {folder} must be inside the dataset folder {root}")
             layout = "csv"
-            classes, splits = _load_csv(root, labels_path, folder, valid_split, test_split, seed, scan)
+            if multi_label is None:
+                multi_label = labels_path.is_file() and is_multi_label_csv(labels_path)
+            load = _load_multilabel if multi_label else _load_csv
+            classes, splits = load(root, labels_path, folder, valid_split, test_split, seed, scan)
         else:
+            if multi_label:
+                raise GraftError("multi-label data needs a labels CSV (id,labels: space-separated labels)")
             base = descend(root, scan)
             if child(base, "train") is not None:
                 layout = "folders"
@@ -263,7 +297,7 @@ class ImageData:
         ordered = {k: splits[k] for k in ("train", "val", "test") if k in splits}
         scan.check_splits(classes, ordered)
         scan.finish({k: [s.path for s in v if s.label is not None] for k, v in ordered.items()})
-        return cls(root, layout, classes, ordered, scan.skipped, scan.notes)
+        return cls(root, layout, classes, ordered, scan.skipped, scan.notes, bool(multi_label))
 
     @classmethod
     def from_record(cls, root: str | Path, record: dict) -> ImageData:
@@ -297,14 +331,19 @@ class ImageData:
                 )
                 if escapes:
                     raise GraftError(f"record path {rel!r} is not a relative path inside the dataset folder")
-                if cname is not None and cname not in index:
-                    raise GraftError(
-                        f"record sample {rel!r} has class {cname!r}, which is not in its class list"
-                    )
+                names = cname if isinstance(cname, list) else [] if cname is None else [cname]
+                for name_ in names:
+                    if not isinstance(name_, str) or name_ not in index:
+                        raise GraftError(
+                            f"record sample {rel!r} has class {name_!r}, which is not in its class list"
+                        )
                 path = root.joinpath(*parts)
                 if not path.is_file():
                     missing.append(str(rel))
-                samples.append(Sample(path, None if cname is None else index[cname]))
+                if isinstance(cname, list):
+                    samples.append(Sample(path, tuple(sorted(index[n] for n in names))))
+                else:
+                    samples.append(Sample(path, None if cname is None else index[cname]))
             splits[str(name)] = samples
         if missing:
             raise GraftError(
@@ -312,7 +351,7 @@ class ImageData:
             )
         splits.setdefault("train", [])
         splits.setdefault("val", [])
-        return cls(root, layout, classes, splits)
+        return cls(root, layout, classes, splits, multi_label=bool(record.get("multi_label", False)))
 
     def to_record(self) -> dict:
         """JSON-ready description of the exact split used (paths relative to root)."""
@@ -321,15 +360,49 @@ class ImageData:
         def rel(p: Path) -> str:
             return Path(os.path.relpath(os.path.abspath(p), root)).as_posix()
 
-        return {
+        record = {
             "root": str(root),
             "layout": self.layout,
             "classes": list(self.classes),
             "splits": {
-                name: [[rel(s.path), None if s.label is None else self.classes[s.label]] for s in samples]
+                name: [[rel(s.path), self.label_names(s.label)] for s in samples]
                 for name, samples in self.splits.items()
             },
         }
+        return record | ({"multi_label": True} if self.multi_label else {})
+
+    def label_names(self, label: int | tuple[int, ...] | None) -> str | list[str] | None:
+        """A sample's label as class names: one name, a list of them (multi-label), or None."""
+        if label is None:
+            return None
+        if isinstance(label, tuple):
+            return [self.classes[i] for i in label]
+        return self.classes[label]
+
+    def targets(self, split: str) -> torch.Tensor:
+        """The labels of a split as the loss takes them: ``(n,)`` class indices, or for a
+        multi-label dataset an ``(n, classes)`` float tensor of 0/1."""
+        import torch  # here: loading a dataset's file list does not need torch
+
+        samples = self.splits.get(split, [])
+        if not self.multi_label:
+            return torch.tensor([s.label for s in samples], dtype=torch.long)
+        out = torch.zeros(len(samples), len(self.classes))
+        for row, s in enumerate(samples):
+            out[row, list(s.label or ())] = 1.0
+        return out
+
+    def class_counts(self, split: str = "train") -> list[int]:
+        """Images per class in a split (multi-label: images that have the class)."""
+        labels = [s.label for s in self.splits.get(split, []) if s.label is not None]
+        if self.multi_label:
+            return label_counts(labels, len(self.classes))
+        return [sum(1 for label in labels if label == i) for i in range(len(self.classes))]
+
+    def imbalance(self, split: str = "train") -> float:
+        """Largest / smallest class count in a split, over classes with images (1.0 if fewer than two)."""
+        sized = [n for n in self.class_counts(split) if n > 0]
+        return max(sized) / min(sized) if len(sized) >= 2 else 1.0
 
     def summary(self) -> str:
         """Multi-line table: images per class (rows) and split (columns), plus totals."""
@@ -337,7 +410,9 @@ class ImageData:
         counts = {c: dict.fromkeys(cols, 0) for c in [*self.classes, None]}
         for name, samples in self.splits.items():
             for s in samples:
-                counts[None if s.label is None else self.classes[s.label]][name] += 1
+                names = self.label_names(s.label)
+                for c in names if isinstance(names, list) else [names]:
+                    counts[c][name] += 1
         names = list(self.classes)
         hidden: list[str] = []
         if len(names) > _MAX_SUMMARY_ROWS:
@@ -356,9 +431,17 @@ class ImageData:
             cells = "  ".join(str(v).rjust(w) for v, w in zip(values, widths, strict=True))
             return f"{label.ljust(width)}  {cells}".rstrip()
 
-        out = [f"{len(self.classes)} classes, layout {self.layout!r}, root {self.root}", line("class", cols)]
+        kind = ", multi-label" if self.multi_label else ""
+        out = [f"{len(self.classes)} classes{kind}, layout {self.layout!r}, root {self.root}"]
+        out.append(line("class", cols))
         out += [c if v is None else line(c, v) for c, v in rows]
         out.append(line("total", totals))
+        if self.multi_label:
+            none = [sum(1 for s in self.splits[k] if s.label == ()) for k in cols]
+            out.insert(-1, line("(no label)", none))
+        ratio = self.imbalance()
+        if ratio >= 2:
+            out.append(f"imbalance in train: largest/smallest class {ratio:.1f}:1")
         out.append(skipped_line(self.skipped))
         return "\n".join(out)
 

@@ -14,7 +14,8 @@ from graft.data.images import load_image
 
 
 class Batch(NamedTuple):
-    """A collated batch. ``labels`` is -1 for unlabeled samples; ``failed`` lists sample indices
+    """A collated batch. ``labels`` is -1 for unlabeled samples (multi-label: a 0/1 row per
+    sample, from loaders given ``num_classes``); ``failed`` lists sample indices
     (into the loader's samples) whose file could not be decoded and was dropped from this batch."""
 
     images: torch.Tensor
@@ -36,12 +37,31 @@ class ImageFileDataset(Dataset):
     """
 
     def __init__(
-        self, samples: Sequence[Sample], transform: Callable, min_size: int | None = None, seed: int = 0
+        self,
+        samples: Sequence[Sample],
+        transform: Callable,
+        min_size: int | None = None,
+        seed: int = 0,
+        num_classes: int | None = None,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.min_size = min_size
         self.seed = seed
+        self.num_classes = num_classes
+
+    def _label(self, label: int | tuple[int, ...] | None) -> int | torch.Tensor:
+        """-1 for no label; a multi-label tuple as a 0/1 float vector (when ``num_classes`` is
+        known: the loaders of training; prediction does not read the labels)."""
+        if label is None:
+            return -1
+        if isinstance(label, tuple):
+            if self.num_classes is None:
+                return -1
+            hot = torch.zeros(self.num_classes)
+            hot[list(label)] = 1.0
+            return hot
+        return int(label)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -50,7 +70,7 @@ class ImageFileDataset(Dataset):
         """``(image tensor or None if undecodable, label or -1, i)``."""
         i, epoch = item if isinstance(item, tuple) else (item, None)
         sample = self.samples[i]
-        label = -1 if sample.label is None else int(sample.label)
+        label = self._label(sample.label)
         try:
             image = load_image(sample.path, self.min_size)
         except Exception:  # bad files are reported per batch, not raised: one file must not stop a run
@@ -79,6 +99,45 @@ class EpochSampler(DistributedSampler):
         return ((i, self.epoch) for i in super().__iter__())
 
 
+class BalancedSampler(torch.utils.data.Sampler):
+    """A class-balanced epoch: as many draws as samples, with replacement, each sample drawn in
+    proportion to ``weights`` (see :func:`balanced_weights`), yielding ``(index, epoch)`` pairs
+    like :class:`EpochSampler`. The draws depend only on ``(seed, epoch)``; with ``shards``
+    each rank takes every ``size``-th draw."""
+
+    def __init__(
+        self, weights: Sequence[float], seed: int = 0, shards: tuple[int, int] | None = None
+    ) -> None:
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+        self.seed, self.epoch = seed, 0
+        self.rank, self.size = shards or (0, 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        drawn = torch.multinomial(self.weights, len(self.weights), replacement=True, generator=g)
+        return ((int(i), self.epoch) for i in drawn[self.rank :: self.size])
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.weights), self.size))
+
+
+def balanced_weights(samples: Sequence[Sample]) -> list[float]:
+    """Per sample, 1 / the size of its class (multi-label: the mean over its classes; images with
+    no label count as a class of their own), so every class is drawn about equally often."""
+
+    def keys(label: int | tuple[int, ...] | None) -> list:
+        return list(label) or [None] if isinstance(label, tuple) else [label]
+
+    counts: dict[int | None, int] = {}
+    for s in samples:
+        for c in keys(s.label):
+            counts[c] = counts.get(c, 0) + 1
+    return [sum(1.0 / counts[c] for c in keys(s.label)) / len(keys(s.label)) for s in samples]
+
+
 def collate(items: list[tuple[torch.Tensor | None, int, int]]) -> Batch:
     """Stack decoded items into a :class:`Batch`, dropping (and listing) the failed ones."""
     ok = [it for it in items if it[0] is not None]
@@ -86,9 +145,11 @@ def collate(items: list[tuple[torch.Tensor | None, int, int]]) -> Batch:
     if not ok:
         empty = torch.empty(0, dtype=torch.long)
         return Batch(torch.empty(0), empty, empty.clone(), failed)
+    labels = [it[1] for it in ok]
+    multi_hot = isinstance(labels[0], torch.Tensor)
     return Batch(
         torch.stack([it[0] for it in ok]),
-        torch.tensor([it[1] for it in ok], dtype=torch.long),
+        torch.stack(labels) if multi_hot else torch.tensor(labels, dtype=torch.long),
         torch.tensor([it[2] for it in ok], dtype=torch.long),
         failed,
     )
@@ -130,6 +191,8 @@ def make_loader(
     pin_memory: bool = False,
     drop_last: bool = False,
     shards: tuple[int, int] | None = None,
+    num_classes: int | None = None,
+    sampler: torch.utils.data.Sampler | None = None,
 ) -> DataLoader:
     """A DataLoader yielding :class:`Batch`; workers persistent.
 
@@ -141,15 +204,18 @@ def make_loader(
         shards: ``(rank, world size)`` to load only this rank's part of ``samples`` (a
             DistributedSampler, seeded like the shuffle). Its parts have equal lengths: a few
             samples repeat to even them out, and ``Batch.indices`` tells them apart.
+        num_classes: Multi-label samples: the length of their 0/1 label rows.
+        sampler: Instead of the shuffle: a sampler yielding ``(index, epoch)`` pairs (e.g.
+            :class:`BalancedSampler`; call its ``set_epoch`` every epoch).
     """
     workers = default_workers() if workers is None else max(0, int(workers))
-    sampler, rank = None, 0
-    if shuffle or shards is not None:
+    rank = 0
+    if sampler is None and (shuffle or shards is not None):
         rank, size = shards or (0, 1)
         cls = EpochSampler if shuffle else DistributedSampler
         sampler = cls(samples, num_replicas=size, rank=rank, shuffle=shuffle, seed=seed)
     return DataLoader(
-        ImageFileDataset(samples, transform, min_size, seed),
+        ImageFileDataset(samples, transform, min_size, seed, num_classes),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,

@@ -148,6 +148,11 @@ def organize(
     _check_not_inside(out, Path(os.path.abspath(Path(data).expanduser())), test_dir)
     _check_out(out, overwrite)
     images = ImageData.from_folder(data, labels=labels, valid_split=valid_split, seed=seed)
+    if images.multi_label:
+        raise GraftError(
+            "graft organize makes one folder per class, and a multi-label image belongs to several: "
+            "train on the labels CSV directly (graft train DATA --labels CSV)"
+        )
     notes, skipped = list(images.notes), list(images.skipped)
     for c in images.classes:
         why = class_name_problem(c)

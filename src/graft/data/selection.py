@@ -72,10 +72,22 @@ def _pick_split(
         raise GraftError(f"the '{name}' split is unlabeled: use predict, not evaluate")
     if list(data_classes) != list(classes):
         index = {c: i for i, c in enumerate(classes)}
-        unknown = sorted({data_classes[s.label] for s in samples} - index.keys())
+
+        def each(label: int | tuple[int, ...]) -> tuple[int, ...]:
+            return label if isinstance(label, tuple) else (label,)
+
+        unknown = sorted({data_classes[i] for s in samples for i in each(s.label)} - index.keys())
         if unknown:
             raise GraftError(f"classes unknown to the model: {', '.join(unknown[:5])}")
-        samples = [Sample(s.path, index[data_classes[s.label]]) for s in samples]
+        samples = [
+            Sample(
+                s.path,
+                tuple(sorted(index[data_classes[i]] for i in s.label))
+                if isinstance(s.label, tuple)
+                else index[data_classes[s.label]],
+            )
+            for s in samples
+        ]
     return samples
 
 

@@ -100,9 +100,9 @@ def better(row: dict, best: dict | None, monitor: str) -> bool:
     """Whether ``row``'s val scores beat ``best``'s (None: anything does) on ``monitor``."""
     if best is None:
         return True
-    if monitor == "val_acc":
+    if monitor != "val_loss":
         # Ties in accuracy are common on small val sets: break them with the loss.
-        return (row["val_acc"], -row["val_loss"]) > (best["val_acc"], -best["val_loss"])
+        return (row[monitor], -row["val_loss"]) > (best[monitor], -best["val_loss"])
     return row["val_loss"] < best["val_loss"]
 
 
@@ -229,13 +229,16 @@ class NaNStop(Callback):
 
 def skip_unfreeze(phase: Phase, cfg: TrainConfig, best: dict | None) -> str | None:
     """Why the unfrozen phase is not worth running, or None to run it."""
-    if phase.name != "unfrozen" or cfg.unfreeze_below is None or best is None or best["val_acc"] == "":
+    # The score the kept epoch is chosen by (balanced accuracy, mAP...), else accuracy.
+    score = cfg.monitor if cfg.monitor not in ("val_loss", "auto") else "val_acc"
+    if phase.name != "unfrozen" or cfg.unfreeze_below is None or best is None or best[score] == "":
         return None
     # val_acc is a float32 mean: 38/40 comes out as 0.94999999, which must count as 0.95.
-    if best["val_acc"] < cfg.unfreeze_below - 1e-6:
+    if best[score] < cfg.unfreeze_below - 1e-6:
         return None
+    what = "val accuracy" if score == "val_acc" else score
     return (
-        f"skipped the unfrozen epochs: the frozen head reached val accuracy {best['val_acc']:.4f} "
+        f"skipped the unfrozen epochs: the frozen head reached {what} {best[score]:.4f} "
         f">= {cfg.unfreeze_below} (--unfreeze-below); pass --epochs N to fine-tune anyway"
     )
 

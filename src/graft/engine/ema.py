@@ -27,7 +27,7 @@ class EMA(Callback):
 
     Args:
         decay: Decay per optimizer step once warmed up (timm's ``decay``).
-        monitor: Which val score decides between EMA and model (``val_acc`` or ``val_loss``).
+        monitor: Which val score decides between EMA and model (``val_acc``, ``val_loss``...).
         warmup: Use timm's decay warmup.
 
     Attributes:
@@ -60,7 +60,7 @@ class EMA(Callback):
         row.update({f"ema_{k}": v for k, v in trainer.val_scores(logits, idx).items()})
 
     def _scores(self, row: dict) -> dict:
-        return {"val_loss": row["ema_val_loss"], "val_acc": row["ema_val_acc"]}
+        return {k[4:]: v for k, v in row.items() if k.startswith("ema_val_")}
 
     def _best_row(self, trainer: Trainer) -> dict | None:
         return trainer.progress.history[self.best_epoch - 1] if self.best_epoch else None

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from graft.data.loaders import Batch
+from graft.engine.metrics import hits
 from graft.features.forward import split_outputs
 from graft.infrastructure.distributed import all_sum, quiet, world
 from graft.infrastructure.errors import GraftError
@@ -135,7 +136,7 @@ def train_epoch(
         stats.lr_max = max(stats.lr_max, optimizer.param_groups[-1]["lr"])
         scheduler.step()
         total_loss += loss.item() * n
-        correct += (logits.argmax(1) == y).sum().item()
+        correct += hits(logits, y)
         stats.n += n
         bar.set_postfix(loss=f"{total_loss / stats.n:.4f}")
         if hooks.after_step():

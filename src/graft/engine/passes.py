@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from graft.data.dataset import ImageData
-from graft.data.loaders import Batch, inference_workers, make_loader
+from graft.data.loaders import BalancedSampler, Batch, balanced_weights, inference_workers, make_loader
 from graft.data.transforms import Augmentation, Preprocessing, eval_transform, train_transform
 from graft.engine.loop import EpochStats, StepHooks, train_epoch
 from graft.features.cache import FeatureCache, default_cache_root
@@ -106,6 +106,8 @@ class ImagePass:
         batch_size = per_rank_batch(cfg.batch_size, self.world)
         per_rank = -(-len(train_samples) // self.world.size)
         pin = device.type == "cuda"
+        num_classes = len(data.classes) if data.multi_label else None
+        balanced = cfg.balance == "sampler"
         self.train_loader = make_loader(
             train_samples,
             train_transform(pre, _augmentation(cfg)),
@@ -118,6 +120,8 @@ class ImagePass:
             # A last batch of one image breaks BatchNorm in train mode.
             drop_last=per_rank > batch_size,
             shards=shards,
+            num_classes=num_classes,
+            sampler=BalancedSampler(balanced_weights(train_samples), cfg.seed, shards) if balanced else None,
         )
         self.val_loader = (
             make_loader(
@@ -128,6 +132,7 @@ class ImagePass:
                 min_size=pre.resize_size,
                 pin_memory=pin,
                 shards=shards,
+                num_classes=num_classes,
             )
             if val_samples
             else None
@@ -249,19 +254,19 @@ def feature_pass(
         f"features of the frozen body: {total - computed} from the cache, {computed} computed "
         f"({time.perf_counter() - t0:.1f} s; train {plan.features}, val {plan.inference})"
     )
-    labels = torch.tensor([s.label for s in train_samples], dtype=torch.long)
-    val_labels = torch.tensor([s.label for s in val_samples], dtype=torch.long)
+    balanced = torch.tensor(balanced_weights(train_samples)) if cfg.balance == "sampler" else None
     return FeaturePass(
         feature_head(model, spec),
         pre_head_dropout(model, spec),
         train,
-        labels,
+        data.targets("train"),
         val,
-        val_labels,
+        data.targets("val"),
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         device=device,
         head_of=lambda m: feature_head(m, spec),
+        sample_weights=balanced,
     )
 
 
@@ -302,6 +307,8 @@ class FeaturePass:
         train: Training vectors; ``labels`` holds every training sample's label.
         val: Eval-view vectors of the val samples (None without a val split).
         head_of: The head of another copy of the model (to validate, say, an EMA of its weights).
+        sample_weights: Per training sample (``balance="sampler"``): each epoch draws the samples
+            with replacement in proportion to them instead of shuffling.
     """
 
     def __init__(
@@ -317,12 +324,15 @@ class FeaturePass:
         seed: int,
         device: torch.device,
         head_of: Callable[[nn.Module], nn.Module | None] | None = None,
+        sample_weights: torch.Tensor | None = None,
     ) -> None:
         self.head, self.dropout, self.device = head, dropout, device
         self.net = _DroppedHead(head, dropout)
         self.head_of = head_of
         self.train_set, self.val_set = train, val
         self.x, self.y = train.vectors, labels[train.index]
+        # Class-balanced epochs: draws with replacement in proportion to these (None: a shuffle).
+        self.sample_weights = None if sample_weights is None else sample_weights[train.index].double()
         self.val_labels = val_labels
         self.batch_size = batch_size
         n = len(self.y)
@@ -339,7 +349,10 @@ class FeaturePass:
     def _batches(self) -> Iterator[Batch]:
         """This epoch's batches of vectors (the order and views drawn when the epoch starts)."""
         n, views = self.x.shape[0], self.x.shape[1]
-        order = torch.randperm(n, generator=self.generator)
+        if self.sample_weights is None:
+            order = torch.randperm(n, generator=self.generator)
+        else:
+            order = torch.multinomial(self.sample_weights, n, replacement=True, generator=self.generator)
         pick = torch.randint(views, (n,), generator=self.generator)
         for step in range(self.steps_per_epoch):
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]

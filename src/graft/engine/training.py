@@ -16,7 +16,8 @@ from graft.data.dataset import ImageData
 from graft.data.transforms import Preprocessing
 from graft.engine.callbacks import Callback
 from graft.engine.checkpoint import Checkpoint, Progress
-from graft.engine.metrics import Metric, val_scores
+from graft.engine.losses import default_losses
+from graft.engine.metrics import Metric, standard_metrics, val_scores
 from graft.engine.optim import Phase, apply_phase, make_optimizer, make_scheduler, plan_phases, set_train_mode
 from graft.engine.passes import ImagePass, LossFn, Pass, feature_pass
 from graft.features.extract import feature_head
@@ -69,10 +70,13 @@ class Trainer:
         device: Where to train.
         log: Where messages go (rank 0 only).
         callbacks: :class:`~graft.engine.callbacks.Callback` objects, run in their ``order``.
-        loss: Training loss ``(logits, targets) -> scalar`` (default: cross-entropy with
-            ``cfg.label_smoothing``); also the val loss when given (default: plain cross-entropy).
+        loss: Training loss ``(logits, targets) -> scalar`` (default:
+            :func:`~graft.engine.losses.default_losses`: cross-entropy with ``cfg.label_smoothing``
+            and, under ``balance="weights"``, class weights; multi-label, binary cross-entropy);
+            also the val loss when given (default: the plain loss).
         metrics: ``name -> fn(logits, targets) -> float`` on the val predictions, each a
-            ``val_<name>`` column (:mod:`graft.engine.metrics`); loss and accuracy are always there.
+            ``val_<name>`` column (:mod:`graft.engine.metrics`); loss, accuracy and
+            :func:`~graft.engine.metrics.standard_metrics` are always there.
         resume: A checkpoint read back: the model and progress start from it, and the
             callbacks take back their parts of it.
         phases: The phases to run (default: :func:`plan_phases` of ``cfg``).
@@ -98,9 +102,9 @@ class Trainer:
         self.cfg, self.device = cfg, device
         self.log = main_only(log)
         self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
-        self.loss_fn = loss or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.val_loss_fn = loss or nn.CrossEntropyLoss()
-        self.metrics = dict(metrics or {})
+        train_loss, val_loss = default_losses(data, cfg, device)
+        self.loss_fn, self.val_loss_fn = loss or train_loss, loss or val_loss
+        self.metrics = standard_metrics(data.multi_label) | dict(metrics or {})
         if {"loss", "acc"} & set(self.metrics):
             raise GraftError("metrics named 'loss' or 'acc' would hide val_loss and val_acc: rename them")
         if phases is None:
@@ -111,7 +115,7 @@ class Trainer:
         self.progress = resume.progress if resume is not None else Progress()
         if resume is not None:
             load_state(model, resume.model)
-        self.val_labels = torch.tensor([s.label for s in data.splits.get("val", [])], dtype=torch.long)
+        self.val_labels = data.targets("val")
         self.failed_seen = set(self.progress.failed)
         self.passes: dict[str, Pass] = {}
         self.phase_index, self.phase, self.runner = 0, self.phases[0] if self.phases else None, None

@@ -19,7 +19,13 @@ from graft.infrastructure.errors import GraftError
 MODES = ("features", "finetune", "full", "scratch")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("onecycle", "step", "cosine")
-MONITORS = ("val_loss", "val_acc")
+# The metric that picks the kept epoch. auto: val_map for multi-label data, val_bal_acc (balanced
+# accuracy) when the largest training class has BALANCE_RATIO times the smallest, else val_acc.
+MONITORS = ("auto", "val_loss", "val_acc", "val_bal_acc", "val_macro_f1", "val_map")
+# Class imbalance: none, inverse-frequency loss weights, or a class-balanced sampler; auto picks
+# weights from BALANCE_RATIO (largest / smallest training class) on, for single-label data.
+BALANCES = ("auto", "none", "weights", "sampler")
+BALANCE_RATIO = 3.0
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # What evaluation and prediction may run in (fp32 unless asked: see graft.infrastructure.runtime).
 INFERENCE_PRECISIONS = ("fp32", "bf16", "fp16")
@@ -59,7 +65,19 @@ class TrainConfig:
 
     # --- data ---
     data: str = field(default="", metadata=_opt("dataset folder", positional=True))
-    labels: str | None = field(default=None, metadata=_opt("CSV of id,label beside a flat image folder"))
+    labels: str | None = field(
+        default=None,
+        metadata=_opt(
+            "CSV of id,label (or id,labels: space-separated, multi-label) beside a flat image folder"
+        ),
+    )
+    multi_label: bool | None = field(
+        default=None,
+        metadata=_opt(
+            "the labels CSV lists any number of space-separated labels per image (empty: none): one "
+            "sigmoid per class (default: when its label column is named labels or tags)"
+        ),
+    )
     valid_split: float = field(
         default=0.2, metadata=_opt("fraction held out for validation when there is no val/ folder")
     )
@@ -179,8 +197,38 @@ class TrainConfig:
         default=32, metadata=_opt("images per optimizer step (under torchrun: over all processes together)")
     )
     monitor: str = field(
-        default="val_acc",
-        metadata=_opt("metric that picks the best checkpoint (ties: lower loss)", choices=MONITORS),
+        default="auto",
+        metadata=_opt(
+            "metric that picks the best checkpoint (ties: lower loss); auto: val_map for multi-label "
+            f"data, val_bal_acc when the largest class has {BALANCE_RATIO:g}x the smallest, else val_acc",
+            choices=MONITORS,
+        ),
+    )
+    balance: str = field(
+        default="auto",
+        metadata=_opt(
+            "class imbalance: weights (inverse-frequency loss weights), sampler (class-balanced "
+            f"batches), none; auto: weights when the largest class has {BALANCE_RATIO:g}x the "
+            "smallest (single-label)",
+            choices=BALANCES,
+        ),
+    )
+    threshold: float | None = field(
+        default=None,
+        metadata=_opt(
+            "decision threshold: multi-label, one for every class (default: per class, the best F1 "
+            "on val); two classes, the probability of the positive class from which it is answered"
+        ),
+    )
+    target_recall: float | None = field(
+        default=None,
+        metadata=_opt("two classes: choose the threshold on val so the positive class keeps this recall"),
+    )
+    positive: str | None = field(
+        default=None,
+        metadata=_opt(
+            "two classes: the positive class of --threshold/--target-recall (default: the smaller)"
+        ),
     )
     patience: int | None = field(
         default=None, metadata=_opt("stop a phase after this many epochs without improvement")
@@ -214,12 +262,16 @@ class TrainConfig:
         default=True, metadata=_opt("write report.html (curves, confusion matrix, top losses) after training")
     )
 
-    def resolved(self, cached: bool = True) -> ResolvedConfig:
+    def resolved(
+        self, cached: bool = True, multi_label: bool = False, imbalance: float = 1.0
+    ) -> ResolvedConfig:
         """What this request runs as: per-context defaults filled in, values checked.
 
         Args:
             cached: Whether frozen epochs will run on cached features (they are cheap then, so
                 more of them are the default).
+            multi_label: Whether the data has any number of labels per image.
+            imbalance: Largest / smallest class in train (``monitor`` and ``balance`` ``auto``).
 
         Raises:
             GraftError: For an out-of-range or inconsistent option.
@@ -230,6 +282,7 @@ class TrainConfig:
             ("optimizer", c.optimizer, OPTIMIZERS),
             ("schedule", c.schedule, SCHEDULES),
             ("monitor", c.monitor, MONITORS),
+            ("balance", c.balance, BALANCES),
             ("logger", c.log, LOGGERS),
             ("normalize", c.normalize, NORMALIZE),
         ):
@@ -264,6 +317,7 @@ class TrainConfig:
             c.lr_mult = 100.0 if c.mode == "finetune" else 1.0
         if c.weight_decay is None:
             c.weight_decay = DEFAULT_WEIGHT_DECAY[c.optimizer]
+        _resolve_labels(c, multi_label, imbalance)
         _check_values(c)
         return ResolvedConfig(**vars(c))
 
@@ -276,6 +330,24 @@ class TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys are ignored (older or newer runs)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _resolve_labels(c: SimpleNamespace, multi_label: bool, imbalance: float) -> None:
+    """The monitor and balance that ``auto`` stands for, for this data."""
+    c.multi_label = multi_label
+    imbalanced = imbalance >= BALANCE_RATIO and not multi_label
+    if c.monitor == "auto":
+        c.monitor = "val_map" if multi_label else "val_bal_acc" if imbalanced else "val_acc"
+    if c.monitor == "val_map" and not multi_label:
+        raise GraftError(
+            "--monitor val_map is for multi-label data; use val_acc, val_bal_acc or val_macro_f1"
+        )
+    if c.balance == "auto":
+        c.balance = "weights" if imbalanced else "none"
+    if multi_label and c.balance != "none":
+        raise GraftError("--balance is for single-label data (multi-label thresholds are chosen per class)")
+    if c.target_recall is not None and c.threshold is not None:
+        raise GraftError("give --threshold or --target-recall, not both")
 
 
 def _check_values(c: SimpleNamespace) -> None:
@@ -294,6 +366,8 @@ def _check_values(c: SimpleNamespace) -> None:
         (c.cache_views >= 0, "cache-views must be >= 0"),
         (0 < c.ema_decay < 1, "ema-decay must be in (0, 1)"),
         (c.unfreeze_below is None or 0 < c.unfreeze_below <= 1, "unfreeze-below must be in (0, 1]"),
+        (c.threshold is None or 0 <= c.threshold <= 1, "threshold must be in [0, 1]"),
+        (c.target_recall is None or 0 < c.target_recall <= 1, "target-recall must be in (0, 1]"),
     ]
     for ok, message in checks:
         if not ok:

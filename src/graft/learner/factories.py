@@ -17,6 +17,7 @@ from graft.data.dataset import ImageData
 from graft.data.stats import channel_stats
 from graft.data.transforms import Preprocessing
 from graft.engine.checkpoint import checkpoint_meta
+from graft.inference.decision import Decision
 from graft.infrastructure.checks import texts
 from graft.infrastructure.config import NORMALIZE, ResolvedConfig, TrainConfig
 from graft.infrastructure.distributed import main_first
@@ -57,6 +58,7 @@ class RunRecord:
         metrics: The run's numbers (best epoch, val and test accuracy, time...).
         precision_plan: The arithmetic each kind of training work ran in.
         run_dir: The run folder it was read from or saved to.
+        decision: How its outputs become labels (softmax or sigmoids, thresholds).
     """
 
     config: TrainConfig
@@ -66,6 +68,7 @@ class RunRecord:
     metrics: dict = field(default_factory=dict)
     precision_plan: dict | None = None
     run_dir: Path | None = None
+    decision: Decision = field(default_factory=Decision)
 
 
 def build_network(data: ImageData, cfg: TrainConfig) -> Network:
@@ -103,7 +106,12 @@ def build_network(data: ImageData, cfg: TrainConfig) -> Network:
 def load_data(cfg: TrainConfig) -> ImageData:
     """The dataset a config names, split as it says."""
     return ImageData.from_folder(
-        cfg.data, labels=cfg.labels, valid_split=cfg.valid_split, test_split=cfg.test_split, seed=cfg.seed
+        cfg.data,
+        labels=cfg.labels,
+        valid_split=cfg.valid_split,
+        test_split=cfg.test_split,
+        seed=cfg.seed,
+        multi_label=cfg.multi_label,
     )
 
 
@@ -128,6 +136,7 @@ def read_run(run_dir: str | Path) -> tuple[Network, RunRecord]:
         first = str(e).strip().splitlines()[0]
         raise GraftError(f"{run_dir}: the weights do not fit architecture {spec.arch}: {first}") from None
     asked = meta.get("config", {})
+    decision = Decision.from_dict(meta.get("decision"), classes, where=f"{run_dir}/graft.json")
     record = RunRecord(
         config=TrainConfig.from_dict(asked),
         resolved=ResolvedConfig.from_dict(meta.get("resolved", asked)),
@@ -136,6 +145,7 @@ def read_run(run_dir: str | Path) -> tuple[Network, RunRecord]:
         metrics=dict(meta.get("metrics") or {}),
         precision_plan=meta.get("precision"),
         run_dir=Path(run_dir),
+        decision=decision,
     )
     return Network(model.eval(), spec, pre, classes), record
 

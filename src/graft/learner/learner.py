@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from graft.data.dataset import ImageData
@@ -30,6 +31,7 @@ from graft.engine.metrics import Metric
 from graft.engine.passes import LossFn
 from graft.engine.trainer import FitResult, fit
 from graft.features.extract import feature_head
+from graft.inference.decision import Decision
 from graft.infrastructure.config import DEFAULT_LR, ResolvedConfig, TrainConfig
 from graft.infrastructure.distributed import broadcast, local, main_only, world
 from graft.infrastructure.errors import GraftError
@@ -44,6 +46,7 @@ from graft.learner.factories import (
     read_checkpoint_run,
     read_run,
 )
+from graft.learner.thresholds import check_decision_options, choose_decision
 
 DEFAULT_ARCH = "tf_efficientnet_lite0"
 
@@ -130,6 +133,9 @@ class Learner(Classifier):
         self.metrics: dict = dict(record.metrics)
         self.precision_plan = record.precision_plan
         self.run_dir: Path | None = record.run_dir or (Path(record.config.out) if record.config.out else None)
+        self.decision: Decision = record.decision
+        if data is not None and data.multi_label != self.decision.multi_label:
+            self.decision = Decision(multi_label=data.multi_label)  # chosen on val by fit
         self.precision = precision
         self.lr_finder: LRFind | None = None
         self._fast: tuple[tuple, torch.nn.Module] | None = None
@@ -216,6 +222,7 @@ class Learner(Classifier):
             metrics=metrics,
         )
         self.config, self.resolved_config = request, run
+        self.decision = self._chosen_decision(run)
         self.history = result.history
         self.precision_plan = result.precision.to_dict()
         self.lr_finder = found
@@ -224,12 +231,24 @@ class Learner(Classifier):
             self.metrics["lr_found"] = run.lr
         return self.history
 
+    def _chosen_decision(self, run: ResolvedConfig) -> Decision:
+        """The decision (thresholds) the trained weights get, chosen on the val split's predictions."""
+        self.decision = Decision(multi_label=self.data.multi_label)  # plain probabilities first
+        if not self.data.multi_label and run.threshold is None and run.target_recall is None:
+            return self.decision
+        probs, targets = np.zeros((0, len(self.classes))), np.zeros(0)
+        if self.data.splits.get("val"):
+            interp = self.interpret(self.data, "val", precision="fp32")
+            probs, targets = interp.probs, interp.labels
+        return choose_decision(run, self.data, probs, targets)
+
     def _resolve(
         self, request: TrainConfig, checkpoint: str | Path | None
     ) -> tuple[ResolvedConfig, Checkpoint | None]:
         """What ``request`` runs as on this learner, and the checkpoint of this very run to go on
         from (its options then, but for those that may change between a run and its resume)."""
-        run = request.resolved(cached=feature_head(self.model, self.spec) is not None)
+        run = self.resolve_config(request)
+        check_decision_options(run, self.data)
         built = self.config  # the options this learner's network was built with
         if run.mode == "scratch" and built.pretrained and built.mode != "scratch":
             raise GraftError("mode 'scratch' needs a learner built with pretrained=False")
@@ -275,7 +294,7 @@ class Learner(Classifier):
         if self.data is None:
             raise GraftError("this learner has no data to run lr-find on")
         cfg = dataclasses.replace(config or self.config, **overrides)
-        run = cfg.resolved(cached=feature_head(self.model, self.spec) is not None)
+        run = self.resolve_config(cfg)
         if run.lr == "auto":  # the test sweeps its own rates; the phases are planned at the default
             run = dataclasses.replace(run, lr=DEFAULT_LR[run.optimizer])
         return lr_find(
@@ -291,6 +310,20 @@ class Learner(Classifier):
             log=log,
         )
 
+    def resolve_config(self, request: TrainConfig) -> ResolvedConfig:
+        """What ``request`` would run as on this learner: resolved for its model (can frozen
+        epochs run on cached features?) and its data (multi-label? how imbalanced?)."""
+        return request.resolved(
+            cached=feature_head(self.model, self.spec) is not None,
+            multi_label=self.data.multi_label,
+            imbalance=self.data.imbalance(),
+        )
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether the model answers any number of labels per image (one sigmoid per class)."""
+        return self.decision.multi_label
+
     def save(self, run_dir: str | Path) -> Path:
         """Write the run folder (safetensors weights, graft.json, history.csv) atomically.
 
@@ -304,6 +337,7 @@ class Learner(Classifier):
             "config": self.config.to_dict(),
             **({"resolved": self.resolved_config.to_dict()} if self.resolved_config is not None else {}),
             "split": self.split,
+            "decision": self.decision.to_dict(self.classes),
             "metrics": self.metrics,
             "precision": self.precision_plan,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -330,7 +364,8 @@ def _fit_metrics(result: FitResult, seconds: float, resumed_after: int | None) -
     if result.best_epoch is not None:
         row = result.history[result.best_epoch - 1]
         prefix = "ema_" if result.kept == "ema" else ""  # the EMA's weights were kept: its scores
-        metrics.update(val_loss=row[f"{prefix}val_loss"], val_acc=row[f"{prefix}val_acc"])
+        # val_loss, val_acc and the standard metrics (val_bal_acc, val_map...) of the epoch kept
+        metrics.update({k[len(prefix) :]: v for k, v in row.items() if k.startswith(f"{prefix}val_")})
     if "ema_val_loss" in (result.history[0] if result.history else {}):
         metrics["kept_weights"] = result.kept  # "ema" or "model": which --ema kept
     return metrics

@@ -25,7 +25,7 @@ from graft.engine import run_folder
 from graft.engine.checkpoint import CHECKPOINT_FILE, remove_checkpoint
 from graft.evaluation.interpret import Interpretation
 from graft.infrastructure import distributed
-from graft.infrastructure.config import TrainConfig
+from graft.infrastructure.config import BALANCE_RATIO, ResolvedConfig, TrainConfig
 from graft.infrastructure.distributed import World, main_only
 from graft.infrastructure.errors import GraftError
 from graft.infrastructure.fileio import is_temp_file, temp_file
@@ -108,7 +108,9 @@ def train(
         _save_run(learn, out)
     m = learn.metrics
     if m.get("val_acc") not in (None, ""):
-        log(f"val: accuracy {m['val_acc']:.4f}  loss {m['val_loss']:.4f}  (epoch {m['best_epoch']})")
+        log(f"val: {_val_scores(m, learn.multi_label)}  (epoch {m['best_epoch']})")
+    if learn.decision.thresholds is not None:
+        log(f"decision: {_thresholds(learn)}")
     log(f"saved run to {out}  ({m['train_seconds']:.1f} s training)")
     try:
         report = _write_report(learn, interp, out, learn.config.report, log)
@@ -142,11 +144,14 @@ def _target(
 def _log_setup(learn: Learner, ranks: World, log: Callable[[str], None]) -> None:
     """The data and model lines at the top of the training log."""
     data, spec, pre = learn.data, learn.spec, learn.preprocessing
-    cfg = learn.config.resolved()
+    cfg = learn.resolve_config(learn.config)
     log(f"data: {data.root} (layout: {data.layout}, {len(data.classes)} classes)")
     log(data.summary())
     for note in data.notes:
         log(f"note: {note}")
+    labels = _labels_line(cfg, data)
+    if labels:
+        log(labels)
     log(
         f"model: {spec.source}:{spec.arch} ({'pretrained' if cfg.pretrained else 'random init'}), "
         f"input {pre.input_size}px {pre.interpolation}, mean {_fmt(pre.mean)}, std {_fmt(pre.std)}"
@@ -154,6 +159,53 @@ def _log_setup(learn: Learner, ranks: World, log: Callable[[str], None]) -> None
         + f", mode {cfg.mode}, device {learn.device}"
         + (f" × {ranks.size} processes ({distributed.backend()})" if ranks.enabled else "")
     )
+
+
+def _labels_line(cfg: ResolvedConfig, data: ImageData) -> str | None:
+    """What graft does about multi-label or imbalanced data (None when there is nothing to say)."""
+    if data.multi_label:
+        how = (
+            f"one threshold {cfg.threshold:g}"
+            if cfg.threshold is not None
+            else "per-class thresholds of best val F1"
+        )
+        return f"labels: multi-label: a sigmoid per class, binary cross-entropy, {how}; kept by {cfg.monitor}"
+    ratio = data.imbalance()
+    if ratio < BALANCE_RATIO and cfg.balance == "none":
+        return None
+    action = {
+        "weights": "inverse-frequency class weights in the loss",
+        "sampler": "class-balanced sampling of the training images",
+        "none": "nothing (--balance none)",
+    }[cfg.balance]
+    return (
+        f"imbalance: largest/smallest training class {ratio:.1f}:1; balance: {action}; "
+        f"kept epoch by {cfg.monitor}"
+    )
+
+
+def _val_scores(m: dict, multi_label: bool) -> str:
+    """The val line: the scores of the epoch kept."""
+    names = (
+        [
+            ("val_map", "mAP"),
+            ("val_macro_f1", "macro F1"),
+            ("val_micro_f1", "micro F1"),
+            ("val_acc", "exact match"),
+        ]
+        if multi_label
+        else [("val_acc", "accuracy"), ("val_bal_acc", "balanced accuracy"), ("val_macro_f1", "macro F1")]
+    )
+    parts = [f"{label} {m[key]:.4f}" for key, label in names if isinstance(m.get(key), float)]
+    return "  ".join([*parts, f"loss {m['val_loss']:.4f}"])
+
+
+def _thresholds(learn: Learner) -> str:
+    d = learn.decision
+    if d.multi_label:
+        shown = ", ".join(f"{c} {t:.3f}" for c, t in zip(learn.classes, d.thresholds, strict=True))
+        return f"thresholds ({d.chosen_by}): {shown}"
+    return f"{learn.classes[d.positive]!r} from probability {d.thresholds[0]:.4f} ({d.chosen_by})"
 
 
 def _fmt(values: tuple[float, ...]) -> str:
@@ -169,7 +221,7 @@ def _evaluate_trained(learn: Learner, report: bool, log: Callable[[str], None]) 
     if labeled_test:
         result = interp.result
         learn.metrics.update(test_acc=result.accuracy, test_loss=result.loss, test_n=result.n)
-        log(f"test: accuracy {result.accuracy:.4f} ({result.correct}/{result.n})  loss {result.loss:.4f}")
+        log(f"test: {result.format().splitlines()[0]}")
     return interp
 
 
