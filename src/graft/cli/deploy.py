@@ -7,7 +7,7 @@ import argparse
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from graft.export.exporters import PARITY_TOLERANCE, export
+    from graft.export.exporters import PARITY_TOLERANCE, export, learn_decision
     from graft.infrastructure.text import plural
     from graft.learner.learner import load_learner
 
@@ -15,9 +15,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     report = export(learn, args.format, args.out, check=args.check)
     size = report.path.stat().st_size / 1e6
     print(f"wrote {report.path} ({size:.1f} MB, {report.format})")
+    same = "same labels" if learn_decision(learn).multi_label else "same top-1"
     print(
         f"parity with PyTorch on {plural(report.images, 'image')}: largest probability difference "
-        f"{report.max_diff:.2e} (limit {PARITY_TOLERANCE:g}); same top-1 on {report.agree}/{report.images}"
+        f"{report.max_diff:.2e} (limit {PARITY_TOLERANCE:g}); {same} on {report.agree}/{report.images}"
         f"  ({report.seconds:.1f} s)"
     )
     return 0

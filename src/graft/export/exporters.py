@@ -17,7 +17,8 @@ import torch
 
 from graft.data.dataset import Sample
 from graft.data.selection import eval_samples, expand_paths
-from graft.export.onnx_runtime import META_KEY
+from graft.export.onnx_runtime import META_KEY, meta_format
+from graft.inference.decision import Decision
 from graft.inference.predict import sample_probs
 from graft.infrastructure.errors import GraftError
 from graft.infrastructure.fileio import atomic_write, cannot_write, temp_file
@@ -42,7 +43,8 @@ class ExportReport:
         format: ``onnx`` or ``torchscript``.
         max_diff: Largest absolute difference in class probabilities over the checked images.
         images: How many images the parity check ran on.
-        agree: How many of them got the same top-1 class.
+        agree: How many of them got the same answer (the same top-1 class; for a multi-label
+            model the same set of labels).
         seconds: Time to export and check.
     """
 
@@ -55,15 +57,28 @@ class ExportReport:
 
 
 def contract(learn: Learner) -> dict:
-    """What a user of the exported file needs besides the weights: classes, preprocessing, model."""
+    """What a user of the exported file needs besides the weights: classes, preprocessing, model,
+    and the decision (softmax or a sigmoid per class, and the thresholds).
+
+    The graph outputs logits either way. A file whose decision is not a plain softmax is
+    ``format`` 2, which a graft that does not know decisions refuses instead of misreading.
+    """
+    decision = learn_decision(learn)
+    activation = "a sigmoid per class" if decision.multi_label else "softmax"
     return {
-        "format": 1,
+        "format": meta_format(decision),
         "classes": list(learn.classes),
         "preprocessing": learn.preprocessing.to_dict(),
         "model": learn.spec.to_dict(),
+        "decision": decision.to_dict(learn.classes),
         "input": "image: float32 (batch, 3, H, W), RGB scaled to [0, 1], then (x - mean) / std",
-        "output": "logits: float32 (batch, classes); softmax gives probabilities",
+        "output": f"logits: float32 (batch, classes); {activation} gives probabilities",
     }
+
+
+def learn_decision(learn: Learner) -> Decision:
+    """The learner's decision (a plain softmax for a learner without one)."""
+    return getattr(learn, "decision", None) or Decision()
 
 
 def export(
@@ -129,18 +144,32 @@ def _write_checked(
             warnings.simplefilter("ignore")  # torch.jit's deprecation notices
             traced = torch.jit.trace(model, example)
             torch.jit.save(traced, str(tmp), _extra_files={"graft.json": meta})
+    decision = learn_decision(learn)
     reference, kept = sample_probs(
-        model, learn.spec, learn.preprocessing, samples, torch.device("cpu"), precision="fp32", fast=model
+        model,
+        learn.spec,
+        learn.preprocessing,
+        samples,
+        torch.device("cpu"),
+        precision="fp32",
+        fast=model,
+        activation=decision.activation,
     )
     exported = _exported_probs(fmt, tmp, learn, [samples[i] for i in kept])
     diff = float(np.abs(exported - reference).max()) if len(kept) else 0.0
-    agree = int((exported.argmax(1) == reference.argmax(1)).sum()) if len(kept) else 0
+    agree = _same_answers(decision, exported, reference) if len(kept) else 0
     if diff > PARITY_TOLERANCE:
         raise GraftError(
             f"the {fmt} export disagrees with the PyTorch model: largest probability difference "
             f"{diff:.2e} > {PARITY_TOLERANCE:g} over {plural(len(kept), 'image')}; nothing was written"
         )
     return diff, agree, len(kept)
+
+
+def _same_answers(decision: Decision, exported: np.ndarray, reference: np.ndarray) -> int:
+    """Rows whose answers (the top class, or the set of labels above their thresholds) agree."""
+    pairs = zip(decision.answers(exported), decision.answers(reference), strict=True)
+    return sum(a == b for a, b in pairs)
 
 
 def _temp_beside(out: Path) -> Path:
@@ -212,5 +241,6 @@ def _exported_probs(fmt: str, path: Path, learn: Learner, samples: list[Sample])
         torch.device("cpu"),
         precision="fp32",
         fast=scripted,
+        activation=learn_decision(learn).activation,
     )
     return probs

@@ -1,7 +1,8 @@
 """Predict with an exported ``model.onnx`` on onnxruntime: Pillow + NumPy preprocessing, no torch.
 
-The preprocessing contract (input size, resize, interpolation, mean, std) and the class names
-travel inside the ONNX file's metadata (key ``graft``), written by :func:`graft.export.exporters.export`.
+The preprocessing contract (input size, resize, interpolation, mean, std), the class names and
+the decision (softmax, or a sigmoid per class, and the thresholds) travel inside the ONNX file's
+metadata (key ``graft``), written by :func:`graft.export.exporters.export`.
 An ONNX file is shared like a run folder, so every field read from it is checked (type, range,
 agreement with the graph's input and output shapes) before anything is allocated from it.
 """
@@ -20,13 +21,21 @@ from PIL import Image
 from graft.data.images import load_image
 from graft.data.resize import resize_center_crop
 from graft.data.selection import expand_paths
+from graft.inference.decision import Decision
+from graft.inference.predictions import Prediction, decide
 from graft.infrastructure import checks
 from graft.infrastructure.errors import GraftError
 from graft.infrastructure.text import plural
 
 META_KEY = "graft"
-# The metadata format this version writes and reads (``format`` in the metadata).
-META_FORMAT = 1
+# The metadata formats this version reads: 1 (a softmax and the top class), and 2 (a decision
+# with thresholds, or multi-label, which a graft that knows only 1 must refuse, not misread).
+META_FORMATS = (1, 2)
+
+
+def meta_format(decision: Decision) -> int:
+    """The metadata ``format`` of an export with ``decision``: 1 for a plain softmax, else 2."""
+    return 1 if decision == Decision(chosen_by=decision.chosen_by) else 2
 
 
 class OnnxClassifier:
@@ -38,7 +47,12 @@ class OnnxClassifier:
 
     Raises:
         GraftError: If the file is not an ONNX model written by graft, or its metadata is
-            malformed, out of range or disagrees with the graph (one line, naming the field).
+            malformed, out of range or disagrees with the graph, or its thresholds were
+            modified (one line, naming the field).
+
+    Attributes:
+        classes: The class names, in the order of the outputs.
+        decision: How outputs become answers, as the Learner that was exported decides.
     """
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None) -> None:
@@ -62,6 +76,7 @@ class OnnxClassifier:
         except GraftError as e:
             raise GraftError(f"{path}: graft metadata: {e}") from None
         self.classes: list[str] = list(self.meta["classes"])
+        self.decision = _checked_decision(self.meta, self.classes, path)
         self.input_size = int(pre["input_size"])
         self.resize_size = round(self.input_size / pre["crop_pct"])
         self.interpolation = str(pre["interpolation"])
@@ -77,7 +92,8 @@ class OnnxClassifier:
         return (x - self.mean) / self.std
 
     def predict_batch(self, images: Sequence[Image.Image], pad_to: int = 0) -> np.ndarray:
-        """Class probabilities (float64) for decoded RGB images.
+        """Class probabilities (float64) for decoded RGB images: a softmax, or for a multi-label
+        model a sigmoid per class.
 
         ``pad_to`` runs the session on at least that many rows (copies of the last image) and
         drops the extra ones, so an image's result does not depend on how many it was batched
@@ -87,10 +103,14 @@ class OnnxClassifier:
         n = len(x)
         if n < pad_to:
             x = np.concatenate([x, np.repeat(x[-1:], pad_to - n, axis=0)])
-        logits = self.session.run(None, {self.input_name: x})[0][:n].astype(np.float64)
-        logits -= logits.max(1, keepdims=True)
-        e = np.exp(logits)
-        return e / e.sum(1, keepdims=True)
+        logits = self.session.run(None, {self.input_name: x})[0][:n]
+        return self.decision.activate(logits)
+
+    def predict(self, paths: str | Path | Sequence[str | Path], k: int = 1) -> list[Prediction]:
+        """Predictions for image files and/or folders, answered as :meth:`graft.Learner.predict`
+        answers them (top-``k``, or every label at or above its threshold)."""
+        kept, probs = self.predict_probs(paths)
+        return decide(probs, kept, self.classes, self.decision, k)
 
     def predict_probs(
         self, paths: str | Path | Sequence[str | Path], batch_size: int = 8
@@ -135,7 +155,7 @@ def _checked_meta(text: str, session: Any) -> tuple[Mapping[str, Any], dict[str,
     for key in ("format", "classes", "preprocessing"):
         if key not in meta:
             raise GraftError(f"{key} is missing")
-    checks.integer(meta, "format", META_FORMAT, META_FORMAT, "metadata")
+    checks.integer(meta, "format", META_FORMATS[0], META_FORMATS[-1], "metadata")
     pre = checks.preprocessing(meta["preprocessing"])
     width = _output_width(session)
     classes = checks.texts(meta, "classes", "metadata", max_items=width, unique=True)
@@ -143,6 +163,17 @@ def _checked_meta(text: str, session: Any) -> tuple[Mapping[str, Any], dict[str,
         raise GraftError(f"classes lists {plural(len(classes), 'name')} for a model with {width} outputs")
     _check_input(session, pre["input_size"])
     return meta, pre
+
+
+def _checked_decision(meta: Mapping[str, Any], classes: list[str], path: Path) -> Decision:
+    """The decision the metadata carries (format 1: a plain softmax).
+
+    Raises:
+        GraftError: A format-2 file without one, or one that :meth:`Decision.from_dict` refuses.
+    """
+    if meta["format"] >= 2 and "decision" not in meta:
+        raise GraftError(f"{path}: graft metadata: format {meta['format']} needs a decision")
+    return Decision.from_dict(meta.get("decision"), classes, where=str(path))
 
 
 def _output_width(session: Any) -> int:

@@ -7,7 +7,6 @@ the run's ``workers`` option, :attr:`Classifier.precision`); nothing here change
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,8 +27,6 @@ from graft.infrastructure.errors import GraftError
 from graft.infrastructure.runtime import autocast, channels_last, check_precision
 from graft.models import ModelSpec
 from graft.models.fuse import inference_model
-
-_INTERPRETATION_FIELDS = {f.name for f in dataclasses.fields(Interpretation)}
 
 
 class Classifier:
@@ -118,7 +115,6 @@ class Classifier:
         )
         if probs.shape[0] == 0:
             probs = np.zeros((0, len(self.classes)))
-        extra = {"decision": self._decision} if "decision" in _INTERPRETATION_FIELDS else {}
         return Interpretation(
             classes=list(self.classes),
             paths=[samples[i].path for i in kept],
@@ -128,7 +124,7 @@ class Classifier:
             source=source,
             undecodable=len(samples) - len(kept),
             tta=2 if tta is True else int(tta),
-            **extra,
+            decision=self._decision,
         )
 
     def _targets(self, labels: Sequence[int | tuple[int, ...] | None]) -> np.ndarray:
