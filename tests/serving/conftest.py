@@ -42,3 +42,12 @@ def live_server(run):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture(scope="package")
+def multi_run(tmp_path_factory):
+    """A really trained tiny multi-label run (thresholds chosen on val) and its images."""
+    from tests.inference.multi_label_run import make_tiles, train_multi_label
+
+    root = make_tiles(tmp_path_factory.mktemp("tiles"))
+    return root / "images", train_multi_label(root, tmp_path_factory.mktemp("multi") / "run")

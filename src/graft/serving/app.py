@@ -1,6 +1,7 @@
 """``graft serve``: a FastAPI app over a trained run.
 
-``POST /predict`` (multipart, one or more image files) answers top-k classes per image;
+``POST /predict`` (multipart, one or more image files) answers each image's labels (the top
+class, or every class at or above its threshold for a multi-label model) and its top-k classes;
 ``GET /health``, ``GET /info`` and ``GET /`` (a page to try it). Bad input always gets a 4xx with
 ``{"error": ...}``: a body over the size limit (413, refused before it is read in full), a request
 that is not multipart (415), no file or an empty one (400), a file that is not an image in an
@@ -33,7 +34,8 @@ from starlette.requests import ClientDisconnect
 
 from graft.data.images import load_image
 from graft.data.transforms import eval_transform
-from graft.inference.predictions import top_k
+from graft.inference.decision import Decision
+from graft.inference.predictions import decide
 from graft.infrastructure.errors import GraftError
 from graft.serving.batcher import Batcher
 from graft.serving.budget import PixelBudget
@@ -191,6 +193,7 @@ def create_app(
         "model": learn.spec.to_dict(),
         "classes": learn.classes,
         "preprocessing": pre.to_dict(),
+        "decision": learn.decision.to_dict(learn.classes),
         "metrics": learn.metrics,
         "precision": learn.precision,
         "limits": {**limits, "formats": sorted(ALLOWED_FORMATS)},
@@ -239,7 +242,7 @@ def create_app(
         finally:
             await form.close()
         probs = await batcher(tensors)
-        return {"predictions": _top(names, probs, learn.classes, top_k)}
+        return {"predictions": _answers(names, probs, learn.classes, top_k, learn.decision)}
 
     return app
 
@@ -282,13 +285,20 @@ class _ImageReader:
         return names, tensors
 
 
-def _top(names: list[str], probs, classes: list[str], k: int) -> list[dict]:
-    """The ``k`` classes of each row of ``probs``, best first, ties in class order (as
-    ``graft predict`` orders them: both use :func:`~graft.inference.predictions.top_k`)."""
+def _answers(names: list[str], probs, classes: list[str], k: int, decision: Decision) -> list[dict]:
+    """Each image's answered labels and its ``k`` best classes, as ``graft predict`` answers and
+    orders them (both use :func:`~graft.inference.predictions.decide`; ties in class order)."""
+    answered = decide(probs, names, classes, decision, k)
+    # Multi-label: the top-k list is the classes by probability, beside the thresholded answer.
+    ranked = decide(probs, names, classes, Decision(), k) if decision.multi_label else answered
     out = []
-    for name, pred in zip(names, top_k(probs, names, classes, k), strict=True):
-        top = [{"label": c, "prob": round(p, 6)} for c, p in zip(pred.labels, pred.probs, strict=True)]
-        out.append({"filename": name, "label": top[0]["label"], "prob": top[0]["prob"], "top": top})
+    for name, answer, best in zip(names, answered, ranked, strict=True):
+        labels = [{"label": c, "prob": round(p, 6)} for c, p in zip(answer.labels, answer.probs, strict=True)]
+        top = [{"label": c, "prob": round(p, 6)} for c, p in zip(best.labels, best.probs, strict=True)]
+        if not decision.multi_label:
+            labels = top[:1]
+        first = labels[0] if labels else {"label": "", "prob": 0.0}
+        out.append({"filename": name, **first, "labels": labels, "top": top})
     return out
 
 

@@ -40,6 +40,9 @@ function card(file, p) {
   const c = el("div", "pred"); c.dataset.label = p.label;
   const img = el("img"); img.src = URL.createObjectURL(file); img.alt = p.filename;
   const rows = el("div", "rows"); rows.append(el("strong", "filename", p.filename));
+  // The answer (a multi-label model's may hold several labels, or none), then the bars.
+  const answer = p.labels.map(t => t.label).join(", ");
+  rows.append(el("div", "answer muted", answer ? "answer: " + answer : "answer: none of the classes"));
   for (const t of p.top) {
     const row = el("div", "row"); row.append(el("span", "name", t.label));
     const bar = el("div", "bar"); bar.style.width = (t.prob * 60).toFixed(1) + "%";

@@ -20,11 +20,19 @@ class Label(BaseModel):
 
 
 class Prediction(BaseModel):
-    """The answer for one uploaded image: the top class, then the ``top_k`` best."""
+    """The answer for one uploaded image.
+
+    ``labels`` is the model's answer: the top class (or the one its binary threshold picks), or
+    for a multi-label model every class at or above its threshold, most probable first, possibly
+    none. ``label`` and ``prob`` are its first entry (``""`` and 0.0 when it is empty). ``top``
+    is the ``top_k`` classes: the answered one first, then by probability (multi-label: by
+    probability, whatever the thresholds).
+    """
 
     filename: str
     label: str
     prob: float
+    labels: list[Label]
     top: list[Label]
 
 
