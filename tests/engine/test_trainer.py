@@ -87,16 +87,19 @@ def test_a_custom_callback_and_metric_plug_in_without_touching_the_engine(lite0,
     assert spy.epochs == [1, 2, 3] and len(result.history) == 3
     assert spy.steps == 3 * spy.trainer.runner.steps_per_epoch == 3 * 3  # 24 images, batches of 8
     for row in result.history:
-        assert list(row)[:8] == [
+        assert list(row)[:10] == [
             "epoch",
             "phase",
             "train_loss",
             "train_acc",
             "val_loss",
             "val_acc",
+            "val_bal_acc",  # every run's standard metrics come first
+            "val_macro_f1",
             "val_f1",
             "val_top2",
         ]
+        assert row["val_f1"] == row["val_macro_f1"]  # the same function, passed again
         assert 0 <= row["val_f1"] <= 1 and row["val_top2"] >= row["val_acc"]
     assert all("val_f1" in row for row in spy.validated)
     assert result.history[-1]["val_top2"] == 1.0  # three classes, colours: the top two hold it

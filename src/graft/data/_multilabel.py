@@ -34,7 +34,10 @@ def label_columns(path: Path) -> tuple[int, int, list[str]]:
 
 def is_multi_label_csv(path: Path) -> bool:
     """Whether a labels CSV's label column is named like a list of labels (``labels``, ``tags``)."""
-    _, label_col, header = label_columns(path)
+    try:
+        _, label_col, header = label_columns(path)
+    except GraftError:
+        return False  # the single-label reader says what is wrong with the file
     return header[label_col].lower() in MULTI_LABEL_COLUMNS
 
 
