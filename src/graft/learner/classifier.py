@@ -111,7 +111,7 @@ class Classifier:
             use_cache=self.config.cache_features,
             **self._inference_options(batch_size, workers, precision),
             tta=tta,
-            activation=self._decision.activation,
+            activation=self.decision.activation,
         )
         if probs.shape[0] == 0:
             probs = np.zeros((0, len(self.classes)))
@@ -124,7 +124,7 @@ class Classifier:
             source=source,
             undecodable=len(samples) - len(kept),
             tta=2 if tta is True else int(tta),
-            decision=self._decision,
+            decision=self.decision,
         )
 
     def _targets(self, labels: Sequence[int | tuple[int, ...] | None]) -> np.ndarray:
@@ -160,7 +160,7 @@ class Classifier:
         kept, probs = self.predict_probs(
             paths, tta=tta, batch_size=batch_size, workers=workers, precision=precision
         )
-        return decide(probs, kept, self.classes, self._decision, k)
+        return decide(probs, kept, self.classes, self.decision, k)
 
     def predict_probs(
         self,
@@ -188,7 +188,7 @@ class Classifier:
             fast=self._inference_model(),
             **self._inference_options(batch_size, workers, precision),
             tta=tta,
-            activation=self._decision.activation,
+            activation=self.decision.activation,
         )
         return [samples[i].path for i in kept], probs
 
@@ -219,7 +219,7 @@ class Classifier:
         x = channels_last(x.to(self.device))
         with autocast(self.device, self.precision):
             logits = self._inference_model()(x)
-        return activate(logits, self._decision.activation)
+        return activate(logits, self.decision.activation)
 
     def _inference_model(self) -> torch.nn.Module:
         """The BatchNorm-folded copy used for prediction, rebuilt only when the weights changed
@@ -232,15 +232,9 @@ class Classifier:
         return self._fast[1]
 
     @property
-    def _decision(self) -> Decision:
-        # A learner built before it had a decision (or a subclass that sets none) predicts as
-        # every run did before: a softmax and the top class.
-        return getattr(self, "decision", None) or Decision()
-
-    @property
     def multi_label(self) -> bool:
         """Whether the model answers any number of classes per image (one sigmoid per class)."""
-        return self._decision.multi_label
+        return self.decision.multi_label
 
     @property
     def precision(self) -> str:
