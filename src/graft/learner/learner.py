@@ -319,11 +319,6 @@ class Learner(Classifier):
             imbalance=self.data.imbalance(),
         )
 
-    @property
-    def multi_label(self) -> bool:
-        """Whether the model answers any number of labels per image (one sigmoid per class)."""
-        return self.decision.multi_label
-
     def save(self, run_dir: str | Path) -> Path:
         """Write the run folder (safetensors weights, graft.json, history.csv) atomically.
 
