@@ -26,10 +26,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
     path = write_report(learn, interp, args.out or args.run, top_losses=args.top_losses, samples=args.samples)
     result = interp.result
-    print(
-        f"evaluated {interp.source}: accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  "
-        f"({plural(result.n, 'image')})"
-    )
+    # the headline of graft evaluate: accuracy and balanced accuracy, or exact match and mAP (multi-label)
+    print(f"evaluated {interp.source}: {result.format().splitlines()[0]}  ({plural(result.n, 'image')})")
     print(f"wrote {path} and its PNGs ({time.perf_counter() - t0:.1f} s)")
     return 0
 

@@ -131,12 +131,28 @@ def cmd_info(args: argparse.Namespace) -> int:
         "precision:    " + (PrecisionPlan.from_dict(precision).describe() if precision else "not recorded"),
         "metrics:      "
         + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()),
+        *_decision_lines(meta.get("decision")),
         f"created:      {meta.get('created', '?')} with "
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
         f"weights:      sha256 {meta['weights_sha256']}",
     ]
     print("\n".join(lines))
     return 0
+
+
+def _decision_lines(decision: dict | None) -> list[str]:
+    """graft info's line on how outputs become labels (none for a plain softmax run)."""
+    if not decision or (not decision.get("multi_label") and "threshold" not in decision):
+        return []
+
+    def num(t: object) -> str:  # graft info shows a damaged file as it is (loading it refuses it)
+        return f"{t:.4f}" if isinstance(t, int | float) else repr(t)
+
+    if decision.get("multi_label"):
+        thresholds = decision.get("thresholds") or {}
+        shown = ", ".join(f"{c} {num(t)}" for c, t in dict(thresholds).items()) or "0.5 each"
+        return [f"decision:     multi-label, sigmoid per class, thresholds {shown}"]
+    return [f"decision:     {decision.get('positive')!r} from probability {num(decision['threshold'])}"]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
