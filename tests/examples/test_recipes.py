@@ -229,3 +229,22 @@ def test_dog_breeds_recipe_writes_the_sample_shaped_submission(tmp_path):
     missing = [i for i, name in enumerate(header[1:]) if name not in final["classes"]]
     assert len(missing) == 10 and all(p[i] == 0 for p in probs for i in missing)
     assert "wrote a probs submission of 300 rows" in out
+
+
+@pytest.mark.slow
+def test_real_world_labels_recipe(tmp_path):
+    datasets = tmp_path / "datasets"
+    datasets.mkdir()
+    (datasets / "flowers5").symlink_to(shared_dataset("flowers5"))
+    subset(shared_dataset("hymenoptera"), datasets / "hymenoptera", per_class=40)
+    out = run_recipe(
+        "real_world_labels.py", datasets, "--out", tmp_path / "labels", "--collages", "40",
+        "--input-size", "64", "--epochs", "1", "--freeze-epochs", "2", tmp_path=tmp_path,
+    )  # fmt: skip
+    assert "[40 collages (multi-label)] decision: thresholds (max F1 per class on val (8))" in out
+    assert re.search(r"^40 collages \(multi-label\) +8 ", out, re.M), out
+    assert re.search(r"^hymenoptera 1:20, --balance none +80 ", out, re.M), out  # val: 40 + 40
+    assert re.search(r"--balance auto vs none: [+-]\d+\.\d points of val balanced accuracy", out)
+    meta = json.loads((tmp_path / "labels" / "run-auto" / "graft.json").read_text())
+    assert meta["resolved"]["balance"] == "weights" and meta["split"]["splits"]["train"]
+    assert sum(row[1] == "bees" for row in meta["split"]["splits"]["train"]) == 2  # 40 ants / 20

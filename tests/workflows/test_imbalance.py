@@ -22,7 +22,7 @@ FROZEN = {"mode": "features", "workers": 0, "precision": "fp32", "report": False
 @pytest.fixture(scope="module")
 def skewed(tmp_path_factory):
     source = shared_dataset("hymenoptera")
-    return make_imbalanced(tmp_path_factory.mktemp("imb") / "hym20", "bees", 20, source=source)
+    return make_imbalanced(tmp_path_factory.mktemp("imb") / "hym20", "bees", source, ratio=20)
 
 
 @pytest.fixture(scope="module")
