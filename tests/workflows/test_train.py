@@ -159,4 +159,5 @@ def test_fit_hands_callbacks_loss_and_metrics_to_the_engine(data):
         callbacks=[epochs], loss=loss, metrics={"top1": top1},
     )  # fmt: skip
     assert epochs.seen == [1, 2] and losses
-    assert [row["val_top1"] for row in history] == [row["val_acc"] for row in history]
+    # val_acc is an exact fraction; the metric above a float32 mean of the same answers
+    assert [row["val_top1"] for row in history] == pytest.approx([row["val_acc"] for row in history])
