@@ -9,6 +9,7 @@ from graft.data._scan import Scan, lost_reason
 from graft.data.images import IMAGE_EXTENSIONS, list_images
 from graft.infrastructure.errors import GraftError
 from graft.infrastructure.fileio import read_csv_rows
+from graft.infrastructure.text import plural
 
 # Labels that mean "no label": pandas reads these as NaN (its default na_values) and writes NaN
 # as "" (or "nan" after .astype(str)), so a CSV saved from a DataFrame with gaps holds them.
@@ -172,3 +173,34 @@ def group_labeled(found: dict[str, Path], mapping: dict[str, str], scan: Scan) -
         if why:
             lost[repr(label)] = why
     return groups, lost
+
+
+def match_rows(
+    ids: list[str], id_header: str, labels: Path, root: Path, images: Path | None, scan: Scan
+) -> tuple[Path, dict[str, Path]]:
+    """The images folder of a labels CSV and id -> image file, with a note on rows without an
+    image and on images without a row.
+
+    Raises:
+        GraftError: No id matches an image, or the header row looks like data.
+    """
+    folder, found = locate_images(ids, root, images, scan)
+    if not found:
+        where = folder if images is not None else f"{root} or its subfolders"
+        raise GraftError(f"no id in {labels.name} matches an image in {where} (first id: {ids[0]!r})")
+    if id_header.lower() != "id" and match_ids([id_header], folder):
+        raise GraftError(
+            f"the first row of {labels.name} looks like data: a header row (e.g. 'id,label') is needed"
+        )
+    if len(found) < len(ids):
+        # An id only ever matches a file name in `folder`: "../x.jpg" or "/abs/x.jpg" land here.
+        lost = [key for key in ids if key not in found]
+        rows = f"{len(lost):,} rows of {labels.name} have" if len(lost) > 1 else f"1 row of {labels.name} has"
+        scan.notes.append(f"{rows} no image in {folder.name}/ (e.g. {lost[0]!r}); ignored")
+    unlisted = len(list_images(folder)) - len(set(found.values()))
+    if unlisted > 0:
+        have = "has" if unlisted == 1 else "have"
+        scan.notes.append(
+            f"{plural(unlisted, 'image')} in {folder.name}/ {have} no labeled row in {labels.name}; ignored"
+        )
+    return folder, found

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from graft.data._csv import locate_images, match_ids
+from graft.data._csv import match_rows
 from graft.data._scan import Scan
 from graft.data._split import stratified_split
 from graft.infrastructure.errors import GraftError
@@ -97,18 +97,7 @@ def load_multilabel_csv(
     """
     mapping, id_header, notes = read_multilabel_csv(labels)
     scan.notes.extend(notes)
-    ids = list(mapping)
-    folder, found = locate_images(ids, root, images, scan)
-    if not found:
-        raise GraftError(f"no id in {labels.name} matches an image in {folder} (first id: {ids[0]!r})")
-    if id_header.lower() != "id" and match_ids([id_header], folder):
-        raise GraftError(
-            f"the first row of {labels.name} looks like data: a header row (e.g. 'id,labels') is needed"
-        )
-    if len(found) < len(ids):
-        lost = [key for key in ids if key not in found]
-        rows = plural(len(lost), "row")
-        scan.notes.append(f"{rows} of {labels.name} have no image (e.g. {lost[0]!r}); ignored")
+    _, found = match_rows(list(mapping), id_header, labels, root, images, scan)
     good = set(scan.good(sorted(set(found.values()))))
     items: dict[Path, tuple[str, ...]] = {}
     for key, path in found.items():

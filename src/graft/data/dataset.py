@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING
 
-from graft.data._csv import group_labeled, locate_images, match_ids, read_labels_csv
+from graft.data._csv import group_labeled, match_rows, read_labels_csv
 from graft.data._multilabel import is_multi_label_csv, label_counts, load_multilabel_csv
 from graft.data._scan import (
     VAL_NAMES,
@@ -145,26 +145,7 @@ def _load_csv(
     """A labels CSV (id, label) beside a flat folder of images."""
     mapping, id_header, csv_notes = read_labels_csv(labels)
     scan.notes.extend(csv_notes)
-    ids = list(mapping)
-    folder, found = locate_images(ids, root, images, scan)
-    if not found:
-        where = folder if images is not None else f"{root} or its subfolders"
-        raise GraftError(f"no id in {labels.name} matches an image in {where} (first id: {ids[0]!r})")
-    if id_header.lower() != "id" and match_ids([id_header], folder):
-        raise GraftError(
-            f"the first row of {labels.name} looks like data: a header row (e.g. 'id,label') is needed"
-        )
-    if len(found) < len(ids):
-        # An id only ever matches a file name in `folder`: "../x.jpg" or "/abs/x.jpg" land here.
-        lost = [key for key in ids if key not in found]
-        rows = f"{len(lost):,} rows of {labels.name} have" if len(lost) > 1 else f"1 row of {labels.name} has"
-        scan.notes.append(f"{rows} no image in {folder.name}/ (e.g. {lost[0]!r}); ignored")
-    unlisted = len(list_images(folder)) - len(set(found.values()))
-    if unlisted > 0:
-        have = "has" if unlisted == 1 else "have"
-        scan.notes.append(
-            f"{plural(unlisted, 'image')} in {folder.name}/ {have} no labeled row in {labels.name}; ignored"
-        )
+    folder, found = match_rows(list(mapping), id_header, labels, root, images, scan)
     groups, lost = group_labeled(found, mapping, scan)
     classes = classes_from(groups, folder, scan, lost)
     fractions = {"val": valid_split} | ({"test": test_split} if test_split > 0 else {})
