@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from graft.data._csv import group_labeled, match_rows, read_labels_csv
 from graft.data._multilabel import is_multi_label_csv, label_counts, load_multilabel_csv
+from graft.data._record import record_entry
 from graft.data._scan import (
     VAL_NAMES,
     Scan,
@@ -296,35 +297,8 @@ class ImageData:
         splits: dict[str, list[Sample]] = {}
         missing: list[str] = []
         for name, rows in rows_by_split.items():
-            samples = []
-            for row in rows:
-                if not isinstance(row, list | tuple) or len(row) != 2:
-                    raise GraftError(f"not a graft dataset record: bad sample entry {row!r}")
-                rel, cname = row
-                parts = PurePosixPath(str(rel)).parts
-                escapes = (
-                    not parts
-                    or PurePosixPath(str(rel)).is_absolute()
-                    or PureWindowsPath(str(rel)).is_absolute()
-                    or str(rel).startswith("\\")
-                    or ".." in parts
-                    or PureWindowsPath(str(rel)).drive
-                )
-                if escapes:
-                    raise GraftError(f"record path {rel!r} is not a relative path inside the dataset folder")
-                names = cname if isinstance(cname, list) else [] if cname is None else [cname]
-                for name_ in names:
-                    if not isinstance(name_, str) or name_ not in index:
-                        raise GraftError(
-                            f"record sample {rel!r} has class {name_!r}, which is not in its class list"
-                        )
-                path = root.joinpath(*parts)
-                if not path.is_file():
-                    missing.append(str(rel))
-                if isinstance(cname, list):
-                    samples.append(Sample(path, tuple(sorted(index[n] for n in names))))
-                else:
-                    samples.append(Sample(path, None if cname is None else index[cname]))
+            samples = [Sample(*record_entry(root, row, index)) for row in rows]
+            missing += [str(s.path.relative_to(root)) for s in samples if not s.path.is_file()]
             splits[str(name)] = samples
         if missing:
             raise GraftError(
