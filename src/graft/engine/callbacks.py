@@ -100,6 +100,8 @@ def better(row: dict, best: dict | None, monitor: str) -> bool:
     """Whether ``row``'s val scores beat ``best``'s (None: anything does) on ``monitor``."""
     if best is None:
         return True
+    if monitor == "auto":  # an unresolved config: what auto means for balanced single-label data
+        monitor = "val_acc"
     if monitor != "val_loss":
         # Ties in accuracy are common on small val sets: break them with the loss.
         return (row[monitor], -row["val_loss"]) > (best[monitor], -best["val_loss"])
