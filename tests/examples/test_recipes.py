@@ -241,9 +241,11 @@ def test_real_world_labels_recipe(tmp_path):
         "real_world_labels.py", datasets, "--out", tmp_path / "labels", "--collages", "40",
         "--input-size", "64", "--epochs", "1", "--freeze-epochs", "2", tmp_path=tmp_path,
     )  # fmt: skip
-    assert "[40 collages (multi-label)] decision: thresholds (max F1 per class on val (8))" in out
-    assert re.search(r"^40 collages \(multi-label\) +8 ", out, re.M), out
-    assert re.search(r"^hymenoptera 1:20, --balance none +80 ", out, re.M), out  # val: 40 + 40
+    assert "[40 collages] decision: thresholds (max F1 per class on val (8))" in out
+    assert re.search(r"^40 collages, val +8 ", out, re.M) and re.search(
+        r"^40 collages, test +8 ", out, re.M
+    ), out
+    assert re.search(r"^hymenoptera 1:20, --balance none, val +80 ", out, re.M), out  # val: 40 + 40
     assert re.search(r"--balance auto vs none: [+-]\d+\.\d points of val balanced accuracy", out)
     meta = json.loads((tmp_path / "labels" / "run-auto" / "graft.json").read_text())
     assert meta["resolved"]["balance"] == "weights" and meta["split"]["splits"]["train"]

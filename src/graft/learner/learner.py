@@ -30,6 +30,7 @@ from graft.engine.lr_find import LRFind, lr_find
 from graft.engine.metrics import Metric
 from graft.engine.passes import LossFn
 from graft.engine.trainer import FitResult, fit
+from graft.evaluation.metrics import EvalResult
 from graft.features.extract import feature_head
 from graft.inference.decision import Decision
 from graft.infrastructure.config import DEFAULT_LR, ResolvedConfig, TrainConfig
@@ -222,25 +223,34 @@ class Learner(Classifier):
             metrics=metrics,
         )
         self.config, self.resolved_config = request, run
-        self.decision = self._chosen_decision(run)
+        self.decision, at_thresholds = self._chosen_decision(run)
         self.history = result.history
         self.precision_plan = result.precision.to_dict()
         self.lr_finder = found
-        self.metrics = _fit_metrics(result, time.perf_counter() - start, resumed_after)
+        self.metrics = _fit_metrics(result, time.perf_counter() - start, resumed_after) | at_thresholds
         if found is not None:
             self.metrics["lr_found"] = run.lr
         return self.history
 
-    def _chosen_decision(self, run: ResolvedConfig) -> Decision:
-        """The decision (thresholds) the trained weights get, chosen on the val split's predictions."""
+    def _chosen_decision(self, run: ResolvedConfig) -> tuple[Decision, dict]:
+        """The decision (thresholds) the trained weights get, chosen on the val split's
+        predictions, and for multi-label data the val F1 scores at those thresholds (the
+        history's are at 0.5)."""
         self.decision = Decision(multi_label=self.data.multi_label)  # plain probabilities first
         if not self.data.multi_label and run.threshold is None and run.target_recall is None:
-            return self.decision
+            return self.decision, {}
         probs, targets = np.zeros((0, len(self.classes))), np.zeros(0)
         if self.data.splits.get("val"):
             interp = self.interpret(self.data, "val", precision="fp32")
             probs, targets = interp.probs, interp.labels
-        return choose_decision(run, self.data, probs, targets)
+        decision = choose_decision(run, self.data, probs, targets)
+        if not self.data.multi_label or not len(probs):
+            return decision, {}
+        at = EvalResult.from_predictions(probs, targets, self.classes, decision=decision)
+        return decision, {
+            "val_macro_f1_at_thresholds": at.macro_f1,
+            "val_micro_f1_at_thresholds": at.micro_f1,
+        }
 
     def _resolve(
         self, request: TrainConfig, checkpoint: str | Path | None

@@ -197,6 +197,17 @@ def _val_scores(m: dict, multi_label: bool) -> str:
         else [("val_acc", "accuracy"), ("val_bal_acc", "balanced accuracy"), ("val_macro_f1", "macro F1")]
     )
     parts = [f"{label} {m[key]:.4f}" for key, label in names if isinstance(m.get(key), float)]
+    if multi_label:
+        parts = [p.replace("F1", "F1 at 0.5").replace("exact match", "exact match at 0.5") for p in parts]
+        tuned = [
+            f"{label} {m[key]:.4f}"
+            for key, label in (
+                ("val_macro_f1_at_thresholds", "macro F1"),
+                ("val_micro_f1_at_thresholds", "micro F1"),
+            )
+            if isinstance(m.get(key), float)
+        ]
+        parts += [f"at the chosen thresholds: {', '.join(tuned)};"] if tuned else []
     return "  ".join([*parts, f"loss {m['val_loss']:.4f}"])
 
 
