@@ -7,7 +7,7 @@ import argparse
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from graft.export.exporters import PARITY_TOLERANCE, export, learn_decision
+    from graft.export.exporters import PARITY_TOLERANCE, export
     from graft.infrastructure.text import plural
     from graft.learner.learner import load_learner
 
@@ -15,7 +15,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     report = export(learn, args.format, args.out, check=args.check)
     size = report.path.stat().st_size / 1e6
     print(f"wrote {report.path} ({size:.1f} MB, {report.format})")
-    same = "same labels" if learn_decision(learn).multi_label else "same top-1"
+    same = "same labels" if learn.multi_label else "same top-1"
     print(
         f"parity with PyTorch on {plural(report.images, 'image')}: largest probability difference "
         f"{report.max_diff:.2e} (limit {PARITY_TOLERANCE:g}); {same} on {report.agree}/{report.images}"

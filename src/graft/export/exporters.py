@@ -63,7 +63,7 @@ def contract(learn: Learner) -> dict:
     The graph outputs logits either way. A file whose decision is not a plain softmax is
     ``format`` 2, which a graft that does not know decisions refuses instead of misreading.
     """
-    decision = learn_decision(learn)
+    decision = learn.decision
     activation = "a sigmoid per class" if decision.multi_label else "softmax"
     return {
         "format": meta_format(decision),
@@ -74,11 +74,6 @@ def contract(learn: Learner) -> dict:
         "input": "image: float32 (batch, 3, H, W), RGB scaled to [0, 1], then (x - mean) / std",
         "output": f"logits: float32 (batch, classes); {activation} gives probabilities",
     }
-
-
-def learn_decision(learn: Learner) -> Decision:
-    """The learner's decision (a plain softmax for a learner without one)."""
-    return getattr(learn, "decision", None) or Decision()
 
 
 def export(
@@ -144,7 +139,7 @@ def _write_checked(
             warnings.simplefilter("ignore")  # torch.jit's deprecation notices
             traced = torch.jit.trace(model, example)
             torch.jit.save(traced, str(tmp), _extra_files={"graft.json": meta})
-    decision = learn_decision(learn)
+    decision = learn.decision
     reference, kept = sample_probs(
         model,
         learn.spec,
@@ -241,6 +236,6 @@ def _exported_probs(fmt: str, path: Path, learn: Learner, samples: list[Sample])
         torch.device("cpu"),
         precision="fp32",
         fast=scripted,
-        activation=learn_decision(learn).activation,
+        activation=learn.decision.activation,
     )
     return probs
