@@ -41,7 +41,7 @@ def test_a_labels_column_is_read_as_space_separated_labels(tmp_path):
     assert len(everything) == 40 and all(isinstance(s.label, tuple) for s in everything)
     by_name = {s.path.stem: s.label for s in everything}
     assert by_name["i002"] == (1, 2) and by_name["i003"] == () and by_name["i004"] == (0, 1)
-    assert any("empty labels field: none of the classes" in n for n in data.notes)
+    assert any("no labels: none of the classes" in n for n in data.notes)
     val = data.targets("val")
     assert val.shape == (len(data.splits["val"]), 3) and val.dtype == torch.float32
     assert sorted(val.sum(0).tolist()) == sorted(data.class_counts("val"))
@@ -75,16 +75,18 @@ def test_single_label_csvs_are_unchanged_and_multi_label_can_be_forced(tmp_path)
 def test_bad_rows_get_notes_not_crashes(tmp_path):
     rows = [*_rows(30), ("i000", "dog"), ("i001", "dog"), ("", "cat")]
     rows[5] = ("i005", "cat cat dog")
+    rows[29] = ("i029", "nan")  # pandas' NaN for an empty list
     root = _dataset(tmp_path / "d", [r for r in rows if r[0]])
     text = (root / "labels.csv").read_text() + ",cat\n"  # a row without an id
     (root / "labels.csv").write_text(text)
     data = ImageData.from_folder(root, labels="labels.csv")
     notes = " | ".join(data.notes)
-    assert "list a label twice; counted once" in notes
-    assert "repeat an id with other labels; kept the first" in notes
+    assert "1 row of labels.csv lists a label twice; counted once" in notes
+    assert "1 row of labels.csv repeats an id with other labels; kept the first" in notes
     assert "without an id ignored" in notes
     labels = {s.path.stem: s.label for split in data.splits.values() for s in split}
     assert labels["i005"] == (1, 2)  # cat, dog: once each
+    assert labels["i029"] == () and "holds a missing-value marker (e.g. nan): none of the classes" in notes
     assert labels["i000"] == (1,)  # its first row: cat
 
 

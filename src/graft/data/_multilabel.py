@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from graft.data._csv import match_rows
+from graft.data._csv import NA_LABELS, match_rows
 from graft.data._scan import Scan
 from graft.data._split import stratified_split
 from graft.infrastructure.errors import GraftError
@@ -45,18 +45,21 @@ def read_multilabel_csv(path: Path) -> tuple[dict[str, tuple[str, ...]], str, li
     """id -> its sorted, distinct labels (empty: none of the classes), the id header, and notes.
 
     A label listed twice in one row counts once (noted); a repeated id keeps its first row (noted
-    when the rows differ). Rows without an id are ignored (noted).
+    when the rows differ). Rows without an id are ignored (noted). A field that is a missing-value
+    marker (``nan``, ``NA``...: what pandas writes for an empty list) means none of the classes.
     """
     id_col, label_col, header = label_columns(path)
     rows = read_csv_rows(path, "labels file")
     mapping: dict[str, tuple[str, ...]] = {}
-    repeated_in_row, no_id, conflicts, duplicates = 0, 0, [], 0
+    repeated_in_row, no_id, conflicts, duplicates, missing = 0, 0, [], 0, 0
     for row in rows[1:]:
         cells = [row[i].strip() if i < len(row) else "" for i in (id_col, label_col)]
         if not cells[0]:
             no_id += 1
             continue
-        tokens = cells[1].split()
+        marked = cells[1] in NA_LABELS and cells[1] != ""
+        missing += marked  # pandas writes a missing list as NaN: read as none of the classes
+        tokens = [] if marked else cells[1].split()
         labels = tuple(sorted(set(tokens)))
         repeated_in_row += len(labels) < len(tokens)
         if cells[0] not in mapping:
@@ -70,20 +73,25 @@ def read_multilabel_csv(path: Path) -> tuple[dict[str, tuple[str, ...]], str, li
         raise GraftError(f"labels file {path} has no rows with an id")
     notes = []
     if repeated_in_row:
-        notes.append(f"{plural(repeated_in_row, 'row')} of {name} list a label twice; counted once")
+        notes.append(f"{_rows(repeated_in_row, name, 'lists', 'list')} a label twice; counted once")
     if duplicates:
         notes.append(f"{plural(duplicates, 'duplicate row')} of {name} ignored")
     if conflicts:
         key, first, other = conflicts[0]
         notes.append(
-            f"{plural(len(conflicts), 'row')} of {name} repeat an id with other labels; kept the first "
+            f"{_rows(len(conflicts), name, 'repeats', 'repeat')} an id with other labels; kept the first "
             f"(e.g. {key!r}: {' '.join(first)!r}, not {' '.join(other)!r})"
         )
     if no_id:
         notes.append(f"{plural(no_id, 'row')} of {name} without an id ignored")
+    if missing:
+        notes.append(
+            f"{_rows(missing, name, 'holds', 'hold')} a missing-value marker (e.g. nan): none of the classes"
+        )
     empty = sum(1 for v in mapping.values() if not v)
     if empty:
-        notes.append(f"{plural(empty, 'image')} of {name} have an empty labels field: none of the classes")
+        have = "has" if empty == 1 else "have"
+        notes.append(f"{plural(empty, 'image')} of {name} {have} no labels: none of the classes")
     return mapping, header[id_col], notes
 
 
@@ -132,10 +140,16 @@ def _note_unseen(classes: list[str], splits: dict[str, list], scan: Scan) -> Non
     in_train = {i for _, labels in splits["train"] for i in labels}
     unseen = [c for i, c in enumerate(classes) if i not in in_train]
     if unseen:
+        one = len(unseen) == 1
         scan.notes.append(
-            f"{plural(len(unseen), 'class')} never occur in train, only in held-out images "
-            f"({preview(unseen)}): the model cannot learn {'it' if len(unseen) == 1 else 'them'}"
+            f"{plural(len(unseen), 'class', 'classes')} {'occurs' if one else 'occur'} only in held-out "
+            f"images, never in train ({preview(unseen)}): the model cannot learn {'it' if one else 'them'}"
         )
+
+
+def _rows(n: int, name: str, one: str, many: str) -> str:
+    """``1 row of labels.csv lists`` / ``3 rows of labels.csv list``."""
+    return f"{plural(n, 'row')} of {name} {one if n == 1 else many}"
 
 
 def label_counts(labels: list[tuple[int, ...]], num_classes: int) -> list[int]:
