@@ -140,16 +140,7 @@ def _write_checked(
             traced = torch.jit.trace(model, example)
             torch.jit.save(traced, str(tmp), _extra_files={"graft.json": meta})
     decision = learn.decision
-    reference, kept = sample_probs(
-        model,
-        learn.spec,
-        learn.preprocessing,
-        samples,
-        torch.device("cpu"),
-        precision="fp32",
-        fast=model,
-        activation=decision.activation,
-    )
+    reference, kept = _torch_probs(model, learn, samples)
     exported = _exported_probs(fmt, tmp, learn, [samples[i] for i in kept])
     diff = float(np.abs(exported - reference).max()) if len(kept) else 0.0
     agree = _same_answers(decision, exported, reference) if len(kept) else 0
@@ -228,14 +219,22 @@ def _exported_probs(fmt: str, path: Path, learn: Learner, samples: list[Sample])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scripted = torch.jit.load(str(path), map_location="cpu")
-    probs, _ = sample_probs(
-        scripted,
+    probs, _ = _torch_probs(scripted, learn, samples)
+    return probs
+
+
+def _torch_probs(
+    model: torch.nn.Module, learn: Learner, samples: list[Sample]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(probs, kept)`` of ``model`` (the PyTorch model or the TorchScript file read back) on the
+    CPU in fp32, through graft's transforms and the learner's activation."""
+    return sample_probs(
+        model,
         learn.spec,
         learn.preprocessing,
         samples,
         torch.device("cpu"),
         precision="fp32",
-        fast=scripted,
+        fast=model,
         activation=learn.decision.activation,
     )
-    return probs
