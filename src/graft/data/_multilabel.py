@@ -18,10 +18,13 @@ MULTI_LABEL_COLUMNS = ("labels", "tags")
 NONE_GROUP = "\x00none"  # the split group of images with no label (not a possible class name)
 
 
-def label_columns(path: Path) -> tuple[int, int, list[str]]:
-    """``(id column, label column, header)`` of a labels CSV: ``id`` (else the first column) and
-    ``label``/``labels``/``tags`` (else the first other column)."""
-    rows = read_csv_rows(path, "labels file", empty_hint="; it needs a header row such as 'id,labels'")
+def _read(path: Path) -> list[list[str]]:
+    return read_csv_rows(path, "labels file", empty_hint="; it needs a header row such as 'id,labels'")
+
+
+def label_columns(path: Path, rows: list[list[str]]) -> tuple[int, int, list[str]]:
+    """``(id column, label column, header)`` of a labels CSV's ``rows``: ``id`` (else the first
+    column) and ``label``/``labels``/``tags`` (else the first other column)."""
     header = [h.strip() for h in rows[0]]
     if len(header) < 2:
         raise GraftError(f"labels file {path} needs an id and a labels column; its header is {rows[0]}")
@@ -35,7 +38,7 @@ def label_columns(path: Path) -> tuple[int, int, list[str]]:
 def is_multi_label_csv(path: Path) -> bool:
     """Whether a labels CSV's label column is named like a list of labels (``labels``, ``tags``)."""
     try:
-        _, label_col, header = label_columns(path)
+        _, label_col, header = label_columns(path, _read(path))
     except GraftError:
         return False  # the single-label reader says what is wrong with the file
     return header[label_col].lower() in MULTI_LABEL_COLUMNS
@@ -48,8 +51,8 @@ def read_multilabel_csv(path: Path) -> tuple[dict[str, tuple[str, ...]], str, li
     when the rows differ). Rows without an id are ignored (noted). A field that is a missing-value
     marker (``nan``, ``NA``...: what pandas writes for an empty list) means none of the classes.
     """
-    id_col, label_col, header = label_columns(path)
-    rows = read_csv_rows(path, "labels file")
+    rows = _read(path)
+    id_col, label_col, header = label_columns(path, rows)
     mapping: dict[str, tuple[str, ...]] = {}
     repeated_in_row, no_id, conflicts, duplicates, missing = 0, 0, [], 0, 0
     for row in rows[1:]:
