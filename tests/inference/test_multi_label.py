@@ -1,6 +1,5 @@
 """Sigmoid probabilities (multi-label), their TTA average, and answers from a Decision."""
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -8,27 +7,13 @@ import pytest
 import torch
 
 from graft import GraftError
-from graft.data.dataset import Sample
 from graft.data.images import load_image
 from graft.features.views import eval_view, tta_views
 from graft.inference.decision import Decision
 from graft.inference.predict import sample_probs
 from graft.inference.predictions import Prediction, decide, top_k
-from graft.models import create_model
-from tests.conftest import make_image_folder
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def model_and_samples(tmp_path_factory):
-    torch.manual_seed(0)
-    model, spec, pre = create_model("tf_efficientnet_lite0", 3, pretrained=False)
-    pre = dataclasses.replace(pre, input_size=40)
-    model.eval()
-    root = make_image_folder(tmp_path_factory.mktemp("ml"), {"a": 3, "b": 2, "c": 2}, size=(64, 44))
-    samples = [Sample(p, None) for p in sorted(root.rglob("*.png"))]
-    return model, spec, pre, samples
 
 
 def _by_hand(model, pre, samples, views, activation):

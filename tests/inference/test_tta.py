@@ -1,6 +1,5 @@
 """Test-time augmentation: the views, and predictions that average them on both inference paths."""
 
-import dataclasses
 import pickle
 
 import numpy as np
@@ -9,24 +8,10 @@ import torch
 from PIL import Image
 
 from graft import GraftError
-from graft.data.dataset import Sample
 from graft.data.images import load_image
 from graft.data.transforms import eval_transform
 from graft.features.views import tta_views
 from graft.inference.predict import _Stacked, sample_probs
-from graft.models import create_model
-from tests.conftest import make_image_folder
-
-
-@pytest.fixture(scope="module")
-def model_and_samples(tmp_path_factory):
-    torch.manual_seed(0)
-    model, spec, pre = create_model("tf_efficientnet_lite0", 3, pretrained=False)
-    pre = dataclasses.replace(pre, input_size=40)
-    model.eval()
-    root = make_image_folder(tmp_path_factory.mktemp("tta"), {"a": 3, "b": 2, "c": 2}, size=(64, 44))
-    samples = [Sample(p, None) for p in sorted(root.rglob("*.png"))]
-    return model, spec, pre, samples
 
 
 def test_views_centre_mirror_and_corners(model_and_samples):
