@@ -34,7 +34,16 @@ def run(tmp_path_factory):
     make_image_folder(root / "train", {"red": 8, "green": 8, "blue": 8}, size=(50, 40), seed=1)
     make_image_folder(root / "val", {"red": 3, "green": 3, "blue": 3}, size=(50, 40), seed=2)
     learn = Learner(ImageData.from_folder(root), "tf_efficientnet_lite0", input_size=32, seed=0)
-    learn.fit(mode="features", epochs=2, batch_size=8, lr=0.02, augment=False, workers=0, log=lambda _: None)
+    learn.fit(
+        mode="features",
+        epochs=2,
+        batch_size=8,
+        lr=0.02,
+        augment=False,
+        workers=0,
+        precision="fp32",
+        log=lambda _: None,
+    )
     return root, learn.save(tmp_path_factory.mktemp("run") / "run")
 
 

@@ -41,5 +41,14 @@ def train_multi_label(root: Path, out: Path) -> Path:
     learn = Learner(
         ImageData.from_folder(root, labels="labels.csv"), "tf_efficientnet_lite0", input_size=32, seed=0
     )
-    learn.fit(mode="features", epochs=8, batch_size=8, lr=0.03, augment=False, workers=0, log=lambda _: None)
+    learn.fit(
+        mode="features",
+        epochs=8,
+        batch_size=8,
+        lr=0.03,
+        augment=False,
+        workers=0,
+        precision="fp32",
+        log=lambda _: None,
+    )
     return learn.save(out)

@@ -61,7 +61,16 @@ def binary_run(tmp_path_factory):
     make_image_folder(root / "train", {"no": 8, "yes": 8}, size=(50, 40), seed=1)
     make_image_folder(root / "val", {"no": 4, "yes": 4}, size=(50, 40), seed=2)
     learn = Learner(ImageData.from_folder(root), "tf_efficientnet_lite0", input_size=32, seed=0)
-    learn.fit(mode="features", epochs=2, batch_size=8, lr=0.02, augment=False, workers=0, log=lambda _: None)
+    learn.fit(
+        mode="features",
+        epochs=2,
+        batch_size=8,
+        lr=0.02,
+        augment=False,
+        workers=0,
+        precision="fp32",
+        log=lambda _: None,
+    )
     files = sorted((root / "val").rglob("*.png"))
     _, probs = learn.predict_probs(files, workers=0)
     # Between the two least sure 'yes' answers: the least sure one becomes 'no'.

@@ -201,7 +201,7 @@ def binary(tmp_path_factory):
     make_image_folder(root / "train", {"cat": 6, "dog": 6}, size=(40, 40), seed=3)
     make_image_folder(root / "val", {"cat": 4, "dog": 5}, size=(40, 40), seed=4)
     learn = Learner(ImageData.from_folder(root), "tf_efficientnet_lite0", input_size=32, seed=0)
-    learn.fit(mode="features", epochs=2, batch_size=4, workers=0, log=lambda _: None)
+    learn.fit(mode="features", epochs=2, batch_size=4, workers=0, precision="fp32", log=lambda _: None)
     return learn, learn.interpret()
 
 
