@@ -11,7 +11,7 @@ The vectors live in a :class:`~graft.features.cache.FeatureCache`, so a second r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from graft.data.loaders import inference_workers
 from graft.data.transforms import (
     Preprocessing,
 )
+from graft.features.activations import ActivationCache, ShardWriter
 from graft.features.cache import FeatureCache, file_hash, tensor_hash
 from graft.features.views import View
 from graft.infrastructure.distributed import all_gather, broadcast, quiet, shard, unshard, world
@@ -83,6 +84,17 @@ def body_key(model: nn.Module, spec: ModelSpec, pre: Preprocessing, precision: s
 
 
 @dataclass
+class ActivationTap:
+    """Also keep, from the same forward passes, the input of module ``first`` (the frozen
+    prefix's activation) in ``cache``; ``dtypes``: how each job's rows are stored (``bfloat16``
+    or ``float32``; default bfloat16)."""
+
+    first: str
+    cache: ActivationCache
+    dtypes: tuple[str, ...] = ()
+
+
+@dataclass
 class Features:
     """Head-input vectors of the decodable samples.
 
@@ -91,12 +103,14 @@ class Features:
         index: Sample index of each row (into the samples given).
         failed: Indices of samples that could not be read or decoded.
         computed: How many vectors were computed now rather than read from the cache.
+        keys: Cache key of each row's views (``"<view key>:<content hash>"``).
     """
 
     vectors: torch.Tensor
     index: torch.Tensor
     failed: list[int]
     computed: int
+    keys: list[list[str]] = field(default_factory=list)
 
 
 class _ViewDataset(Dataset):
@@ -139,6 +153,7 @@ def extract_features(
     batch_size: int = 16,
     workers: int | None = None,
     desc: str = "features",
+    tap: ActivationTap | None = None,
 ) -> list[Features]:
     """Head-input vectors for each job ``(samples, views)``, from ``cache`` where present.
 
@@ -148,6 +163,8 @@ def extract_features(
 
     Args:
         batch_size: Network inputs per forward pass (images × views needing computation).
+        tap: Also cache the frozen prefix's activations (single process only); views whose
+            activation is missing are computed again even when their vector is cached.
     """
     hashes, keys = _cache_keys(jobs)
     wanted = [k for job in keys for ks in job for k in ks]
@@ -156,12 +173,13 @@ def extract_features(
     # agrees on what is missing even when each machine has its own cache folder.
     found = cache.get(wanted) if cache is not None and ranks.is_main else {}
     found = broadcast(found)
+    lacking = set(tap.cache.missing(wanted)) if tap is not None else set()
     # One entry per image that still lacks a view: (job, sample index, views to compute).
     todo = [
-        (j, i, [v for v, k in enumerate(ks) if k not in found])
+        (j, i, [v for v, k in enumerate(ks) if k not in found or k in lacking])
         for j, job in enumerate(keys)
         for i, ks in enumerate(job)
-        if any(k not in found for k in ks)
+        if any(k not in found or k in lacking for k in ks)
     ]
     failed: list[set[int]] = [{i for i, h in enumerate(row) if h is None} for row in hashes]
     new: dict[str, torch.Tensor] = {}
@@ -170,7 +188,18 @@ def extract_features(
         items = [
             (jobs[j][0][i].path, hashes[j][i], [jobs[j][1][v] for v in vs]) for j, i, vs in shard(todo, ranks)
         ]
-        out = _compute(model, spec, pre, items, device, precision, batch_size, workers, desc) if items else []
+        kinds = [
+            tap.dtypes[j] if tap is not None and j < len(tap.dtypes) else "bfloat16"
+            for j, _, _ in shard(todo, ranks)
+        ]
+        writers = Writers(tap.cache, kinds) if tap is not None else None
+        try:
+            out = _compute(
+                model, spec, pre, items, device, precision, batch_size, workers, desc, tap, writers
+            )
+        finally:
+            if writers is not None:
+                writers.close()
         if ranks.enabled:
             out = unshard(all_gather(out), len(todo))
         for (j, i, vs), vectors in zip(todo, out, strict=True):
@@ -179,7 +208,7 @@ def extract_features(
                 continue
             new.update((keys[j][i][v], vec) for v, vec in zip(vs, vectors, strict=True))
         if cache is not None and ranks.is_main:
-            cache.put(new)
+            cache.put({k: v for k, v in new.items() if k not in found})  # some ran only for activations
     found.update(new)
     results = []
     for j, (samples, views) in enumerate(jobs):
@@ -190,8 +219,27 @@ def extract_features(
             else torch.empty(0, len(views), 0)
         )
         computed = sum(k in new for ks in keys[j] for k in ks)
-        results.append(Features(vectors, torch.tensor(ok, dtype=torch.long), sorted(failed[j]), computed))
+        index = torch.tensor(ok, dtype=torch.long)
+        results.append(Features(vectors, index, sorted(failed[j]), computed, [keys[j][i] for i in ok]))
     return results
+
+
+class Writers:
+    """One activation shard per storage dtype; item ``n`` of a computation goes to ``kinds[n]``'s."""
+
+    def __init__(self, cache: ActivationCache, kinds: list[str]) -> None:
+        self.cache, self.kinds = cache, kinds
+        self.writers: dict[str, ShardWriter] = {}
+
+    def add(self, n: int, keys: list[str], rows: torch.Tensor) -> None:
+        kind = self.kinds[n]
+        if kind not in self.writers:
+            self.writers[kind] = self.cache.writer(kind)
+        self.writers[kind].add(keys, rows)
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
 
 
 def _cache_keys(
@@ -225,14 +273,26 @@ def _compute(
     batch_size: int,
     workers: int | None,
     desc: str,
+    tap: ActivationTap | None = None,
+    writers: Writers | None = None,
 ) -> list[torch.Tensor | None]:
     """Run a folded copy of the model over ``items`` (path, content hash, views); one
-    ``(views, dim)`` tensor per item, None where the image could not be decoded."""
+    ``(views, dim)`` tensor per item, None where the image could not be decoded. With ``tap``,
+    each batch's prefix activations go to ``writers`` as they are computed."""
+    if not items:
+        return []
     fast = inference_model(model, pre.input_size, device)
     captured: list[torch.Tensor] = []
-    hook = fast.get_submodule(spec.head_names[0]).register_forward_hook(
-        lambda m, args, out: captured.append(args[0])
-    )
+    tapped: list[torch.Tensor] = []
+    hooks = [
+        fast.get_submodule(spec.head_names[0]).register_forward_hook(
+            lambda m, args, out: captured.append(args[0])
+        )
+    ]
+    if tap is not None:
+        hooks.append(
+            fast.get_submodule(tap.first).register_forward_pre_hook(lambda m, args: tapped.append(args[0]))
+        )
     per_batch = max(1, batch_size // max(len(views) for _, _, views in items))
     workers = inference_workers(device) if workers is None else workers
     loader = DataLoader(
@@ -250,6 +310,17 @@ def _compute(
             fast(channels_last(x))
         return captured[0].float().cpu()
 
+    def keep_activations(ok: list[tuple[torch.Tensor, int]]) -> None:
+        if writers is None:
+            return
+        rows = torch.cat(tapped)
+        tapped.clear()
+        start = 0
+        for _, n in ok:
+            views = items[n][2]
+            writers.add(n, [f"{view.key}:{items[n][1]}" for view in views], rows[start : start + len(views)])
+            start += len(views)
+
     try:
         with torch.inference_mode():
             for batch in tqdm(loader, desc=desc, leave=False, unit="batch", disable=quiet()):
@@ -257,13 +328,16 @@ def _compute(
                 if not ok:
                     continue
                 x = torch.cat([x for x, _ in ok]).to(device, non_blocking=True)
-                vectors = torch.cat(pieces.run(body, x))
+                # before: an attempt cut short by running out of memory leaves no activations
+                vectors = torch.cat(pieces.run(body, x, before=tapped.clear))
+                keep_activations(ok)
                 row = 0
                 for x, n in ok:
                     out[n] = vectors[row : row + len(x)].clone()
                     row += len(x)
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     return out
 
 
