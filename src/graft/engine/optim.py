@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -23,6 +23,8 @@ class Phase:
         lr: Peak learning rate of the head.
         lr_mult: Ratio of head lr to the first trainable body block's lr (1 = one rate for all).
         blocks: Body blocks trained in this phase (names from ``body_blocks``).
+        body: Every body block, in order: a trained block's rate follows its depth among them,
+            whichever blocks train (empty: spaced over ``blocks``).
     """
 
     name: str
@@ -30,6 +32,7 @@ class Phase:
     lr: float
     lr_mult: float
     blocks: list[str]
+    body: list[str] = field(default_factory=list)
 
 
 def plan_phases(cfg: TrainConfig, block_names: list[str]) -> list[Phase]:
@@ -39,9 +42,10 @@ def plan_phases(cfg: TrainConfig, block_names: list[str]) -> list[Phase]:
     then ``epochs`` with the body unfrozen at ``lr / 2`` and discriminative rates down to
     ``lr / 2 / lr_mult`` for the first block. ``full`` and ``scratch`` train at ``lr`` with rates
     down to ``lr / lr_mult`` (fastai's ``fit_one_cycle(n, slice(lr / lr_mult, lr))``; ``lr_mult``
-    1 by default).
+    1 by default). With ``unfreeze``, each trained block keeps the rate of its depth in the body.
     """
-    trainable = select_blocks(block_names, cfg.unfreeze) if cfg.unfreeze else list(block_names)
+    every = not cfg.unfreeze or cfg.unfreeze == ["all"]
+    trainable = list(block_names) if every else select_blocks(block_names, cfg.unfreeze)
     phases = []
     if cfg.mode == "features":
         phases.append(Phase("frozen", cfg.epochs, cfg.lr, 1.0, []))
@@ -49,9 +53,11 @@ def plan_phases(cfg: TrainConfig, block_names: list[str]) -> list[Phase]:
         if cfg.freeze_epochs:
             phases.append(Phase("frozen", cfg.freeze_epochs, cfg.lr, 1.0, []))
         if cfg.epochs:
-            phases.append(Phase("unfrozen", cfg.epochs, cfg.lr / 2, cfg.lr_mult, trainable))
+            phases.append(
+                Phase("unfrozen", cfg.epochs, cfg.lr / 2, cfg.lr_mult, trainable, list(block_names))
+            )
     else:  # full, scratch: one rate (lr_mult 1) unless lr_mult asks for discriminative rates
-        phases.append(Phase("full", cfg.epochs, cfg.lr, cfg.lr_mult, trainable))
+        phases.append(Phase("full", cfg.epochs, cfg.lr, cfg.lr_mult, trainable, list(block_names)))
     return [p for p in phases if p.epochs > 0]
 
 
@@ -89,10 +95,12 @@ def apply_phase(model: nn.Module, spec: ModelSpec, phase: Phase) -> list[dict]:
         p.requires_grad_(True)
 
     order = [(name, params) for name, params in blocks if name in trainable]
+    depth = phase.body or [name for name, _ in order]
     groups: list[dict] = []
-    for i, (_, params) in enumerate(order):
-        # Geometric spacing from lr/lr_mult (first block) towards lr (head).
-        lr = phase.lr / phase.lr_mult * phase.lr_mult ** (i / max(len(order), 1))
+    for name, params in order:
+        # Geometric spacing from lr/lr_mult (first body block) towards lr (head).
+        i = depth.index(name) if name in depth else 0
+        lr = phase.lr / phase.lr_mult * phase.lr_mult ** (i / max(len(depth), 1))
         groups += _decay_split(params, lr)
     groups += _decay_split(head, phase.lr)
     return groups

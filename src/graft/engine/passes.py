@@ -12,25 +12,18 @@ from torch import nn
 
 from graft.data.dataset import ImageData
 from graft.data.loaders import BalancedSampler, Batch, balanced_weights, inference_workers, make_loader
-from graft.data.transforms import Augmentation, Preprocessing, eval_transform, train_transform
+from graft.data.transforms import Preprocessing, eval_transform, train_transform
+from graft.engine.cached import augmentation, extract_splits
 from graft.engine.loop import EpochStats, StepHooks, train_epoch
-from graft.features.cache import FeatureCache, default_cache_root
-from graft.features.extract import (
-    Features,
-    body_key,
-    extract_features,
-    feature_head,
-    head_logits,
-    pre_head_dropout,
-)
+from graft.features.extract import Features, feature_head, head_logits, pre_head_dropout
 from graft.features.forward import infer
-from graft.features.views import augmented_views, eval_view
 from graft.infrastructure.config import TrainConfig
 from graft.infrastructure.distributed import all_gather, all_sum, per_rank_batch, sync_bn_view, world
 from graft.infrastructure.errors import GraftError
 from graft.infrastructure.memory import Pieces
 from graft.infrastructure.runtime import PrecisionPlan, grad_scaler, inference_batch_size
 from graft.models import ModelSpec
+from graft.models.split import PrefixSplit
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -67,16 +60,6 @@ class Pass(Protocol):
         ...
 
 
-def _augmentation(cfg: TrainConfig) -> Augmentation:
-    return Augmentation(
-        enabled=cfg.augment,
-        min_scale=cfg.min_scale,
-        crop_padding=cfg.crop_padding,
-        rotate=cfg.rotate,
-        jitter=cfg.jitter,
-    )
-
-
 class ImagePass:
     """Epochs over the images themselves (unfrozen phases, or frozen ones without a cache).
 
@@ -110,7 +93,7 @@ class ImagePass:
         balanced = cfg.balance == "sampler"
         self.train_loader = make_loader(
             train_samples,
-            train_transform(pre, _augmentation(cfg)),
+            train_transform(pre, augmentation(cfg)),
             batch_size=batch_size,
             shuffle=True,
             workers=cfg.workers,
@@ -233,28 +216,24 @@ def feature_pass(
     device: torch.device,
     plan: PrecisionPlan,
     log: Callable[[str], None],
+    split: PrefixSplit | None = None,
 ) -> FeaturePass:
     """Compute (or read from the cache) the frozen body's features of train and val.
 
     Train features are computed in ``plan.features``, val features in ``plan.inference``
-    (fp32), so the val metrics of a frozen epoch are those ``graft evaluate`` reproduces.
+    (fp32), so the val metrics of a frozen epoch are those ``graft evaluate`` reproduces. With
+    ``split`` (a later phase trains on the cached prefix), the same forward passes also cache
+    the prefix's activations.
     """
     t0 = time.perf_counter()
-    train_views = augmented_views(pre, _augmentation(cfg), cfg.cache_views, cfg.seed) or [eval_view(pre)]
-    train_samples, val_samples = data.splits["train"], data.splits.get("val", [])
-    jobs = [(train_samples, train_views), (val_samples, [eval_view(pre)])]
-    if plan.features == plan.inference:  # one pass over both
-        train, val = _cached_features(model, spec, pre, jobs, device, plan.features, cfg)
-    else:
-        (train,) = _cached_features(model, spec, pre, jobs[:1], device, plan.features, cfg)
-        (val,) = _cached_features(model, spec, pre, jobs[1:], device, plan.inference, cfg)
+    train, val = extract_splits(model, spec, pre, data, cfg, device, plan, split)
     computed = train.computed + val.computed
     total = train.vectors.shape[0] * train.vectors.shape[1] + val.vectors.shape[0]
     log(
         f"features of the frozen body: {total - computed} from the cache, {computed} computed "
         f"({time.perf_counter() - t0:.1f} s; train {plan.features}, val {plan.inference})"
     )
-    balanced = torch.tensor(balanced_weights(train_samples)) if cfg.balance == "sampler" else None
+    balanced = torch.tensor(balanced_weights(data.splits["train"])) if cfg.balance == "sampler" else None
     return FeaturePass(
         feature_head(model, spec),
         pre_head_dropout(model, spec),
@@ -267,29 +246,6 @@ def feature_pass(
         device=device,
         head_of=lambda m: feature_head(m, spec),
         sample_weights=balanced,
-    )
-
-
-def _cached_features(
-    model: nn.Module,
-    spec: ModelSpec,
-    pre: Preprocessing,
-    jobs: list[tuple[list, list]],
-    device: torch.device,
-    precision: str,
-    cfg: TrainConfig,
-) -> list[Features]:
-    """:func:`extract_features` through the feature cache of the body in ``precision``."""
-    return extract_features(
-        model,
-        spec,
-        pre,
-        jobs,
-        device,
-        cache=FeatureCache(default_cache_root(), body_key(model, spec, pre, precision)),
-        precision=precision,
-        batch_size=inference_batch_size(device, cfg.batch_size),
-        workers=cfg.workers,
     )
 
 

@@ -20,13 +20,15 @@ from graft.engine.losses import default_losses
 from graft.engine.metrics import Metric, standard_metrics, val_scores
 from graft.engine.optim import Phase, apply_phase, make_optimizer, make_scheduler, plan_phases, set_train_mode
 from graft.engine.passes import ImagePass, LossFn, Pass, feature_pass
+from graft.engine.prefix import prefix_pass
 from graft.features.extract import feature_head
 from graft.features.forward import warn_failed
 from graft.infrastructure.config import TrainConfig
-from graft.infrastructure.distributed import broadcast, main_only
+from graft.infrastructure.distributed import broadcast, main_only, world
 from graft.infrastructure.errors import GraftError
 from graft.infrastructure.runtime import PrecisionPlan, precision_plan
 from graft.models import ModelSpec, body_blocks
+from graft.models.split import PrefixSplit, prefix_split
 from graft.models.weights import load_state
 
 
@@ -118,6 +120,7 @@ class Trainer:
         self.val_labels = data.targets("val")
         self.failed_seen = set(self.progress.failed)
         self.passes: dict[str, Pass] = {}
+        self._splits: dict[tuple[str, ...], PrefixSplit | None] = {}
         self.phase_index, self.phase, self.runner = 0, self.phases[0] if self.phases else None, None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
@@ -231,19 +234,39 @@ class Trainer:
             getattr(cb, hook)(self, *args)
 
     def _pass(self, phase: Phase) -> Pass:
-        """The pass the phase runs on: cached features for a frozen head that allows it, else the
-        images (each built once; a resumed image pass goes on with its sampler's epochs)."""
+        """The pass the phase runs on: cached features for a frozen head that allows it, cached
+        prefix activations when the trained blocks leave a frozen prefix, else the images (each
+        built once; a resumed image pass goes on with its sampler's epochs)."""
         cached = self.cfg.cache_features and feature_head(self.model, self.spec) is not None
-        kind = "features" if phase.name == "frozen" and cached else "images"
+        split = self._split(phase)
+        kind = (
+            "features"
+            if phase.name == "frozen" and cached
+            else f"prefix:{split.first}"
+            if split
+            else "images"
+        )
         if kind not in self.passes:
+            args = (self.model, self.spec, self.pre, self.data, self.cfg, self.device, self.precision)
             if kind == "features":
-                args = (self.model, self.spec, self.pre, self.data, self.cfg, self.device, self.precision)
-                self.passes[kind] = feature_pass(*args, self.log)
+                later = next((self._split(p) for p in self.phases if p.name != "frozen"), None)
+                self.passes[kind] = feature_pass(*args, self.log, split=later)
+            elif split is not None:
+                self.passes[kind] = prefix_pass(*args, split, self.log)
             else:
                 runner = ImagePass(self.model, self.pre, self.data, self.cfg, self.device, self.precision)
                 runner.epochs_run = self.progress.image_epochs
                 self.passes[kind] = runner
         return self.passes[kind]
+
+    def _split(self, phase: Phase) -> PrefixSplit | None:
+        """Where ``phase``'s model is cut for cached-prefix training (None: it trains on images)."""
+        if phase.name == "frozen" or not self.cfg.cache_prefix or world().enabled or self.cfg.compile:
+            return None
+        key = tuple(phase.blocks)
+        if key not in self._splits:
+            self._splits[key] = prefix_split(self.model, self.spec, phase.blocks, self.pre.input_size)
+        return self._splits[key]
 
     def _note_failed(self, *failed_per_split: list[int]) -> None:
         """Warn once about each file of val, then train, that could not be decoded."""
