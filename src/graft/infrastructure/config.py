@@ -53,6 +53,26 @@ def parse_lr(text: str) -> float | str:
         raise ValueError(f"not a number or 'auto': {text}") from None
 
 
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``2m``, ``1.5h``.
+
+    Raises:
+        GraftError: For anything else, or a duration that is not positive.
+    """
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    t = str(text).strip().lower()
+    scale = units.get(t[-1:])
+    try:
+        seconds = float(t[:-1] if scale else t) * (scale or 1.0)
+    except ValueError:
+        raise GraftError(
+            f"time budget '{text}': give seconds or a number with s, m or h (90s, 2m, 1h)"
+        ) from None
+    if not seconds > 0:
+        raise GraftError(f"time budget '{text}' must be positive")
+    return seconds
+
+
 def _opt(help: str, **kw: Any) -> dict:
     return {"help": help, **kw}
 
@@ -159,7 +179,25 @@ class TrainConfig:
     compile: bool = field(default=False, metadata=_opt("torch.compile the model for unfrozen training"))
     unfreeze: list[str] | None = field(
         default=None,
-        metadata=_opt("comma-separated body blocks to train (e.g. layer3,layer4); others stay frozen"),
+        metadata=_opt(
+            "comma-separated body blocks to train (e.g. layer3,layer4), others staying frozen; all: "
+            "every block; default (auto): for finetune, the model's last stage (EfficientNet: the "
+            "last two blocks groups and conv_head; ResNet: layer4), else all"
+        ),
+    )
+    cache_prefix: bool = field(
+        default=True,
+        metadata=_opt(
+            "when the trained blocks leave a frozen prefix, compute its activations once (cached on "
+            "disk) and train the top on them instead of on the images"
+        ),
+    )
+    time_budget: str | None = field(
+        default=None,
+        metadata=_opt(
+            "finetune: measure this machine first, then run the most accurate recipe whose estimate "
+            "fits (full unfreeze, top stages on cached activations, or the frozen head), e.g. 90s, 2m, 1h"
+        ),
     )
     freeze_bn: bool = field(
         default=True,
@@ -263,7 +301,11 @@ class TrainConfig:
     )
 
     def resolved(
-        self, cached: bool = True, multi_label: bool = False, imbalance: float = 1.0
+        self,
+        cached: bool = True,
+        multi_label: bool = False,
+        imbalance: float = 1.0,
+        top: list[str] | None = None,
     ) -> ResolvedConfig:
         """What this request runs as: per-context defaults filled in, values checked.
 
@@ -272,6 +314,8 @@ class TrainConfig:
                 more of them are the default).
             multi_label: Whether the data has any number of labels per image.
             imbalance: Largest / smallest class in train (``monitor`` and ``balance`` ``auto``).
+            top: The model's default blocks to unfreeze (:func:`graft.models.split.default_top`):
+                what ``unfreeze`` auto means for finetune; None leaves it unresolved.
 
         Raises:
             GraftError: For an out-of-range or inconsistent option.
@@ -307,8 +351,14 @@ class TrainConfig:
                 c.epochs = frozen_default if c.mode == "features" else 2
         if c.precision not in PRECISIONS:
             raise GraftError(f"unknown precision '{c.precision}'; choose one of {', '.join(PRECISIONS)}")
+        if c.unfreeze == ["auto"]:
+            c.unfreeze = None
         if c.mode == "features" and c.unfreeze:
             raise GraftError("--unfreeze needs mode finetune or full (features keeps the whole body frozen)")
+        if c.mode == "finetune" and c.unfreeze is None and top is not None:
+            c.unfreeze = list(top)
+        if c.time_budget is not None:
+            parse_duration(c.time_budget)
         if c.lr is None:
             c.lr = DEFAULT_LR[c.optimizer]
         if isinstance(c.lr, str) and c.lr != "auto":

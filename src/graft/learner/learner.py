@@ -48,6 +48,8 @@ from graft.learner.factories import (
     read_run,
 )
 from graft.learner.thresholds import check_decision_options, choose_decision
+from graft.learner.timing import plan_by_time
+from graft.models.split import default_top
 
 DEFAULT_ARCH = "tf_efficientnet_lite0"
 
@@ -140,6 +142,7 @@ class Learner(Classifier):
         self.precision = precision
         self.lr_finder: LRFind | None = None
         self._fast: tuple[tuple, torch.nn.Module] | None = None
+        self._top: list[str] | None = None
 
     @classmethod
     def create(cls, data: ImageData, arch: str = DEFAULT_ARCH, **options) -> Learner:
@@ -199,6 +202,10 @@ class Learner(Classifier):
         run, resume = self._resolve(request, checkpoint)
         log = main_only(log)
         start = time.perf_counter()
+        timing: dict = {}
+        if resume is None:  # a resumed run goes on with the recipe it chose
+            parts = (self.model, self.spec, self.preprocessing, self.data)
+            run, timing = plan_by_time(*parts, run, self.device, self.default_top(), log)
         resumed_after = resume.progress.epoch if resume is not None else None  # fit moves it on
         found = None
         if run.lr == "auto":
@@ -227,7 +234,9 @@ class Learner(Classifier):
         self.history = result.history
         self.precision_plan = result.precision.to_dict()
         self.lr_finder = found
-        self.metrics = _fit_metrics(result, time.perf_counter() - start, resumed_after) | at_thresholds
+        self.metrics = (
+            _fit_metrics(result, time.perf_counter() - start, resumed_after) | at_thresholds | timing
+        )
         if found is not None:
             self.metrics["lr_found"] = run.lr
         return self.history
@@ -327,7 +336,14 @@ class Learner(Classifier):
             cached=feature_head(self.model, self.spec) is not None,
             multi_label=self.data.multi_label,
             imbalance=self.data.imbalance(),
+            top=self.default_top(),
         )
+
+    def default_top(self) -> list[str]:
+        """The body blocks fine-tuning trains by default (:func:`graft.models.split.default_top`)."""
+        if self._top is None:
+            self._top = default_top(self.model, self.spec, self.preprocessing.input_size)
+        return self._top
 
     def save(self, run_dir: str | Path) -> Path:
         """Write the run folder (safetensors weights, graft.json, history.csv) atomically.
