@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,22 +38,8 @@ DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
 SMALL_IMAGES = ROOT.parent / "shared" / "datasets" / "flowers5" / "flowers" / "daisy"
 REPEATS = 5
 
-
-def timed(cmd: list[str], env: dict[str, str]) -> dict:
-    """Run ``cmd``; wall seconds, exit code, peak RSS (MB) of the process, and its stdout."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    out = proc.stdout.read() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{out[-3000:]}")
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "stdout": out}
-
-
-def graft_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "graft", *args]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import graft_cmd, timed  # noqa: E402
 
 
 def bench_fastai(data: Path, env: dict[str, str], tmp: Path) -> dict:

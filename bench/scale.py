@@ -36,16 +36,13 @@ Usage: python bench/scale.py [--sizes 2000,5000,20000] [--work DIR] [--seed N]
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import io
 import json
 import os
-import platform
 import random
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,23 +68,8 @@ VAL_EVERY = 5  # the 5th, 10th, ... file of each class goes to val: an 80/20 spl
 RAW_WARMUP, RAW_BATCHES = 2, 6
 EXTRACTION_S = re.compile(r"\((\d+\.\d+) s;")
 
-
-def timed(cmd: list[str], env: dict[str, str]) -> dict:
-    """Run ``cmd``; wall seconds, exit code, peak RSS (MB) of the process, and its stdout."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    out = proc.stdout.read() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{out[-3000:]}")
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "stdout": out}
-
-
-def graft_cmd(*args: str) -> list[str]:
-    """The command line of ``graft ARGS`` in this interpreter."""
-    return [sys.executable, "-m", "graft", *args]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import epoch_seconds, graft_cmd, graft_version, machine_info, timed  # noqa: E402
 
 
 def source_pools() -> dict[str, list[Path]]:
@@ -229,16 +211,6 @@ def count_images(folder: Path) -> dict[str, int]:
     return {split: sum(1 for _ in (folder / split).glob("*/*.jpg")) for split in ("train", "val")}
 
 
-def epoch_seconds(history: Path) -> dict[str, float]:
-    """Seconds of the frozen and of the unfrozen epochs in a run's ``history.csv``."""
-    seconds = {"frozen": 0.0, "unfrozen": 0.0}
-    with history.open(newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("phase") in seconds and row.get("seconds"):
-                seconds[row["phase"]] += float(row["seconds"])
-    return seconds
-
-
 def cold_run(data: Path, tmp: Path, batch_size: int) -> dict:
     """One ``graft train`` with an empty feature cache, and what its log and history say."""
     n = data.name
@@ -277,36 +249,6 @@ def raw_forward(batch_size: int) -> float:
         for _ in range(RAW_BATCHES):
             model(x)
         return batch_size * RAW_BATCHES / (time.perf_counter() - t0)
-
-
-def machine_info() -> dict[str, str | int]:
-    """The CPU's name, its core count, the platform and torch's version."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [
-            ln.split(":", 1)[1].strip()
-            for ln in cpuinfo.read_text().splitlines()
-            if ln.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count() or 0,
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-    }
-
-
-def graft_version() -> str:
-    """``git describe --always --dirty`` of this checkout (src/ may be edited while it runs)."""
-    cmd = ["git", "-C", str(ROOT), "describe", "--always", "--dirty"]
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def fmt(value: float | None, spec: str = ".1f") -> str:

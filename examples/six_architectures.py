@@ -43,7 +43,8 @@ def main() -> None:
     runs = {
         # Frozen body: the head trains on cached features, 10 epochs cost less than one on images.
         "features": {"mode": "features", "epochs": 10},
-        "finetune": {"mode": "finetune", "freeze_epochs": 10, "epochs": args.epochs},
+        # Every weight unfrozen, as the tutorial fine-tunes (graft's default trains the last stage).
+        "finetune": {"mode": "finetune", "freeze_epochs": 10, "epochs": args.epochs, "unfreeze": ["all"]},
         "scratch": {"mode": "scratch", "epochs": args.scratch_epochs or args.epochs, "lr": 1e-2},
     }
     rows = []

@@ -189,17 +189,10 @@ def extract_features(
             (jobs[j][0][i].path, hashes[j][i], [jobs[j][1][v] for v in vs]) for j, i, vs in shard(todo, ranks)
         ]
         kinds = [
-            tap.dtypes[j] if tap is not None and j < len(tap.dtypes) else "bfloat16"
-            for j, _, _ in shard(todo, ranks)
+            tap.dtypes[j] if tap and j < len(tap.dtypes) else "bfloat16" for j, _, _ in shard(todo, ranks)
         ]
-        writers = Writers(tap.cache, kinds) if tap is not None else None
-        try:
-            out = _compute(
-                model, spec, pre, items, device, precision, batch_size, workers, desc, tap, writers
-            )
-        finally:
-            if writers is not None:
-                writers.close()
+        tapping = _Tap(tap, kinds) if tap is not None else None
+        out = _compute(model, spec, pre, items, device, precision, batch_size, workers, desc, tapping)
         if ranks.enabled:
             out = unshard(all_gather(out), len(todo))
         for (j, i, vs), vectors in zip(todo, out, strict=True):
@@ -210,32 +203,52 @@ def extract_features(
         if cache is not None and ranks.is_main:
             cache.put({k: v for k, v in new.items() if k not in found})  # some ran only for activations
     found.update(new)
-    results = []
-    for j, (samples, views) in enumerate(jobs):
-        ok = [i for i in range(len(samples)) if i not in failed[j]]
-        vectors = (
-            torch.stack([torch.stack([found[k] for k in keys[j][i]]) for i in ok])
-            if ok
-            else torch.empty(0, len(views), 0)
-        )
-        computed = sum(k in new for ks in keys[j] for k in ks)
-        index = torch.tensor(ok, dtype=torch.long)
-        results.append(Features(vectors, index, sorted(failed[j]), computed, [keys[j][i] for i in ok]))
-    return results
+    return [_features(j, len(views), keys[j], found, new, failed[j]) for j, (_, views) in enumerate(jobs)]
 
 
-class Writers:
-    """One activation shard per storage dtype; item ``n`` of a computation goes to ``kinds[n]``'s."""
+def _features(
+    j: int, views: int, keys: list[list[str]], found: dict, new: dict, failed: set[int]
+) -> Features:
+    """Job ``j``'s :class:`Features` from the vectors found and computed."""
+    ok = [i for i in range(len(keys)) if i not in failed]
+    vectors = (
+        torch.stack([torch.stack([found[k] for k in keys[i]]) for i in ok])
+        if ok
+        else torch.empty(0, views, 0)
+    )
+    computed = sum(k in new for ks in keys for k in ks)
+    index = torch.tensor(ok, dtype=torch.long)
+    return Features(vectors, index, sorted(failed), computed, [keys[i] for i in ok])
 
-    def __init__(self, cache: ActivationCache, kinds: list[str]) -> None:
-        self.cache, self.kinds = cache, kinds
+
+class _Tap:
+    """The prefix activations of one computation: a pre-hook on the first trained block, and one
+    shard per storage dtype (item ``n``'s rows go to ``kinds[n]``'s)."""
+
+    def __init__(self, tap: ActivationTap, kinds: list[str]) -> None:
+        self.tap, self.kinds = tap, kinds
+        self.rows: list[torch.Tensor] = []
         self.writers: dict[str, ShardWriter] = {}
 
-    def add(self, n: int, keys: list[str], rows: torch.Tensor) -> None:
-        kind = self.kinds[n]
-        if kind not in self.writers:
-            self.writers[kind] = self.cache.writer(kind)
-        self.writers[kind].add(keys, rows)
+    def attach(self, model: nn.Module) -> torch.utils.hooks.RemovableHandle:
+        return model.get_submodule(self.tap.first).register_forward_pre_hook(
+            lambda m, args: self.rows.append(args[0])
+        )
+
+    def clear(self) -> None:
+        self.rows.clear()
+
+    def keep(self, items: list[tuple[Path, str, list[View]]], ok: list[tuple[torch.Tensor, int]]) -> None:
+        """Write the rows of this batch's decodable items ``ok``."""
+        rows, start = torch.cat(self.rows), 0
+        self.rows.clear()
+        for _, n in ok:
+            views, kind = items[n][2], self.kinds[n]
+            if kind not in self.writers:
+                self.writers[kind] = self.tap.cache.writer(kind)
+            keys = [f"{view.key}:{items[n][1]}" for view in views]
+            self.writers[kind].add(keys, rows[start : start + len(views)])
+            start += len(views)
 
     def close(self) -> None:
         for writer in self.writers.values():
@@ -273,26 +286,18 @@ def _compute(
     batch_size: int,
     workers: int | None,
     desc: str,
-    tap: ActivationTap | None = None,
-    writers: Writers | None = None,
+    tap: _Tap | None = None,
 ) -> list[torch.Tensor | None]:
     """Run a folded copy of the model over ``items`` (path, content hash, views); one
     ``(views, dim)`` tensor per item, None where the image could not be decoded. With ``tap``,
-    each batch's prefix activations go to ``writers`` as they are computed."""
+    each batch's prefix activations are written as they are computed."""
     if not items:
         return []
     fast = inference_model(model, pre.input_size, device)
     captured: list[torch.Tensor] = []
-    tapped: list[torch.Tensor] = []
-    hooks = [
-        fast.get_submodule(spec.head_names[0]).register_forward_hook(
-            lambda m, args, out: captured.append(args[0])
-        )
-    ]
-    if tap is not None:
-        hooks.append(
-            fast.get_submodule(tap.first).register_forward_pre_hook(lambda m, args: tapped.append(args[0]))
-        )
+    head = fast.get_submodule(spec.head_names[0])
+    hooks = [head.register_forward_hook(lambda m, args, out: captured.append(args[0]))]
+    hooks += [tap.attach(fast)] if tap is not None else []
     per_batch = max(1, batch_size // max(len(views) for _, _, views in items))
     workers = inference_workers(device) if workers is None else workers
     loader = DataLoader(
@@ -310,17 +315,6 @@ def _compute(
             fast(channels_last(x))
         return captured[0].float().cpu()
 
-    def keep_activations(ok: list[tuple[torch.Tensor, int]]) -> None:
-        if writers is None:
-            return
-        rows = torch.cat(tapped)
-        tapped.clear()
-        start = 0
-        for _, n in ok:
-            views = items[n][2]
-            writers.add(n, [f"{view.key}:{items[n][1]}" for view in views], rows[start : start + len(views)])
-            start += len(views)
-
     try:
         with torch.inference_mode():
             for batch in tqdm(loader, desc=desc, leave=False, unit="batch", disable=quiet()):
@@ -329,8 +323,9 @@ def _compute(
                     continue
                 x = torch.cat([x for x, _ in ok]).to(device, non_blocking=True)
                 # before: an attempt cut short by running out of memory leaves no activations
-                vectors = torch.cat(pieces.run(body, x, before=tapped.clear))
-                keep_activations(ok)
+                vectors = torch.cat(pieces.run(body, x, before=tap.clear if tap else None))
+                if tap is not None:
+                    tap.keep(items, ok)
                 row = 0
                 for x, n in ok:
                     out[n] = vectors[row : row + len(x)].clone()
@@ -338,6 +333,8 @@ def _compute(
     finally:
         for hook in hooks:
             hook.remove()
+        if tap is not None:
+            tap.close()
     return out
 
 
