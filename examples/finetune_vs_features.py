@@ -27,7 +27,9 @@ LAST_STAGES = {
 VARIANTS = {
     "finetune": {"mode": "full"},  # every weight, one rate
     "features": {"mode": "features"},  # the body is a fixed feature extractor
-    "selective": {"mode": "full", "unfreeze": None},  # filled in with LAST_STAGES
+    # Filled in with LAST_STAGES; on the augmented images, as the tutorial (graft's default would
+    # train these blocks on cached activations of the blocks before them).
+    "selective": {"mode": "full", "unfreeze": None, "cache_prefix": False},
 }
 
 

@@ -28,6 +28,7 @@ from graft.engine.callbacks import Callback
 from graft.engine.checkpoint import MAY_DIFFER, Checkpoint, matching_checkpoint
 from graft.engine.lr_find import LRFind, lr_find
 from graft.engine.metrics import Metric
+from graft.engine.optim import select_blocks
 from graft.engine.passes import LossFn
 from graft.engine.trainer import FitResult, fit
 from graft.evaluation.metrics import EvalResult
@@ -49,6 +50,7 @@ from graft.learner.factories import (
 )
 from graft.learner.thresholds import check_decision_options, choose_decision
 from graft.learner.timing import plan_by_time
+from graft.models import body_blocks
 from graft.models.split import default_top
 
 DEFAULT_ARCH = "tf_efficientnet_lite0"
@@ -161,7 +163,9 @@ class Learner(Classifier):
         """
         ran = cfg.resolved()  # fails fast; decides what is built (mode scratch: random weights)
         data = data if data is not None else load_data(cfg)
-        return cls(data, build_network(data, ran), device=cfg.device, record=RunRecord(cfg))
+        learner = cls(data, build_network(data, ran), device=cfg.device, record=RunRecord(cfg))
+        learner.resolve_config(cfg)  # the model's block names are known now: --unfreeze is checked
+        return learner
 
     def fit(
         self,
@@ -205,7 +209,8 @@ class Learner(Classifier):
         timing: dict = {}
         if resume is None:  # a resumed run goes on with the recipe it chose
             parts = (self.model, self.spec, self.preprocessing, self.data)
-            run, timing = plan_by_time(*parts, run, self.device, self.default_top(), log)
+            # Rank 0's measurement decides for every process: they must all run the same recipe.
+            run, timing = broadcast(plan_by_time(*parts, run, self.device, self.default_top(), log))
         resumed_after = resume.progress.epoch if resume is not None else None  # fit moves it on
         found = None
         if run.lr == "auto":
@@ -332,12 +337,15 @@ class Learner(Classifier):
     def resolve_config(self, request: TrainConfig) -> ResolvedConfig:
         """What ``request`` would run as on this learner: resolved for its model (can frozen
         epochs run on cached features?) and its data (multi-label? how imbalanced?)."""
-        return request.resolved(
+        run = request.resolved(
             cached=feature_head(self.model, self.spec) is not None,
             multi_label=self.data.multi_label,
             imbalance=self.data.imbalance(),
             top=self.default_top(),
         )
+        if run.unfreeze and run.unfreeze != ["all"]:
+            select_blocks([name for name, _ in body_blocks(self.model, self.spec)], run.unfreeze)
+        return run
 
     def default_top(self) -> list[str]:
         """The body blocks fine-tuning trains by default (:func:`graft.models.split.default_top`)."""
