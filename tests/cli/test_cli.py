@@ -214,6 +214,7 @@ def test_models_lists_bundled_weights(capsys):
         (["train", "{data}", "--valid-split", "1.5"], "split"),
         (["train", "{data}", "--time-budget", "soon"], "time budget 'soon'"),
         (["train", "{data}", "--time-budget", "0m"], "must be positive"),
+        (["train", "{data}", "--time-budget", "2m", "--mode", "full"], "needs mode finetune"),
         (["train", "{data}", "--unfreeze", "blocks.9"], "no body block named 'blocks.9'"),
         (["evaluate", "{tmp}/empty", "{data}"], "not a graft run"),
         (["predict", "{tmp}/missing", "x.jpg"], "not found"),

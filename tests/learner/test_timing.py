@@ -85,7 +85,7 @@ def test_a_long_unfreeze_on_the_images_says_what_to_pass_instead(learn, monkeypa
     monkeypatch.setattr(timing, "LONG_SECONDS", 0.0)  # this tiny run is not long: say it is
     _, _, record, lines = _plan(learn, unfreeze=["all"])
     assert "full" in record["estimate_seconds"]
-    (note,) = [line for line in lines if line.startswith("note: unfreezing the whole body")]
+    (note,) = [line for line in lines if line.startswith("note: the unfrozen epochs on the images")]
     assert "--unfreeze auto" in note and "--time-budget" in note
 
 

@@ -14,6 +14,7 @@ evaluation; without it, it uses batch statistics, as an unfrozen phase would.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 
@@ -28,6 +29,7 @@ from graft.engine.loop import EpochStats, StepHooks, train_epoch
 from graft.engine.passes import LossFn, _Epoch
 from graft.features.activations import RowReader
 from graft.features.extract import Features
+from graft.features.forward import split_outputs
 from graft.infrastructure.config import TrainConfig
 from graft.infrastructure.memory import Pieces
 from graft.infrastructure.runtime import PrecisionPlan, autocast, grad_scaler, inference_batch_size
@@ -52,8 +54,9 @@ def prefix_pass(
     train, val = extract_splits(model, spec, pre, data, cfg, device, plan, split)
     train_cache = activation_cache(model, spec, pre, plan.features, split)
     val_cache = activation_cache(model, spec, pre, plan.inference, split)
-    rows = sum(len(k) for k in train.keys) + len(val.keys)
-    mb = rows * _row_bytes(split) / 2**20
+    train_rows, val_rows = sum(len(k) for k in train.keys), len(val.keys)
+    rows = train_rows + val_rows
+    mb = (2 * train_rows + 4 * val_rows) * math.prod(split.shape) / 2**20  # bfloat16 and float32
     log(
         f"activations of the frozen prefix: {split.describe()}; {plural(rows, 'activation')} "
         f"(about {mb:.0f} MB on disk), ready in {time.perf_counter() - t0:.1f} s"
@@ -71,13 +74,6 @@ def prefix_pass(
         plan=plan,
         sample_weights=balanced,
     )
-
-
-def _row_bytes(split: PrefixSplit) -> int:
-    n = 1
-    for s in split.shape:
-        n *= s
-    return 2 * n  # bfloat16, as the training rows are stored
 
 
 class PrefixPass:
@@ -182,6 +178,6 @@ class PrefixPass:
         for start in range(0, len(keys), size):
             rows = self.val_reader.read([k[0] for k in keys[start : start + size]]).to(self.device)
             with autocast(self.device, self.val_precision):
-                out = net(rows)
-            outs.append((out if isinstance(out, torch.Tensor) else out[0]).float().cpu())
+                logits, _ = split_outputs(net(rows))
+            outs.append(logits.float().cpu())
         return torch.cat(outs), self.val_set.index, self.val_set.failed

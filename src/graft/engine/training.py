@@ -239,13 +239,10 @@ class Trainer:
         built once; a resumed image pass goes on with its sampler's epochs)."""
         cached = self.cfg.cache_features and feature_head(self.model, self.spec) is not None
         split = self._split(phase)
-        kind = (
-            "features"
-            if phase.name == "frozen" and cached
-            else f"prefix:{split.first}"
-            if split
-            else "images"
-        )
+        if phase.name == "frozen" and cached:
+            kind = "features"
+        else:
+            kind = f"prefix:{split.first}" if split is not None else "images"
         if kind not in self.passes:
             args = (self.model, self.spec, self.pre, self.data, self.cfg, self.device, self.precision)
             if kind == "features":

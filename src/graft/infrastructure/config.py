@@ -359,6 +359,8 @@ class TrainConfig:
             c.unfreeze = list(top)
         if c.time_budget is not None:
             parse_duration(c.time_budget)
+            if c.mode != "finetune":
+                raise GraftError("--time-budget chooses among finetune recipes: it needs mode finetune")
         if c.lr is None:
             c.lr = DEFAULT_LR[c.optimizer]
         if isinstance(c.lr, str) and c.lr != "auto":

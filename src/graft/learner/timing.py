@@ -18,6 +18,7 @@ from graft.data.dataset import ImageData
 from graft.data.transforms import Preprocessing
 from graft.engine.cached import augmentation
 from graft.engine.estimate import Estimate, duration, estimates, measure
+from graft.engine.optim import select_blocks
 from graft.features.cache import FeatureCache, default_cache_root, file_hash
 from graft.features.extract import body_key
 from graft.features.views import augmented_views, eval_view
@@ -58,7 +59,7 @@ def plan_by_time(
         return run, {}
     budget = parse_duration(run.time_budget) if run.time_budget else None
     names = [n for n, _ in body_blocks(model, spec)]
-    trained = names if not run.unfreeze or run.unfreeze == ["all"] else _selected(names, run.unfreeze)
+    trained = names if not run.unfreeze or run.unfreeze == ["all"] else select_blocks(names, run.unfreeze)
     asked = _split(model, spec, pre, run, trained)
     split = asked if budget is None else _split(model, spec, pre, run, top)
     on_images = run.epochs > 0 and asked is None
@@ -89,15 +90,11 @@ def plan_by_time(
     )
     if on_images and device.type == "cpu" and mine.total > LONG_SECONDS:
         log(
-            f"note: unfreezing the whole body on the images will take about {duration(mine.total)} here; "
+            f"note: the unfrozen epochs on the images will take up to {duration(mine.total)} here; "
             "for a faster run pass --unfreeze auto (the top stages on cached activations), "
             "--time-budget 10m, or --epochs 0 (the frozen head)"
         )
     return run, record
-
-
-def _selected(names: list[str], wanted: list[str]) -> list[str]:
-    return [n for n in names if any(n == w or n.startswith(w + ".") or w.startswith(n + ".") for w in wanted)]
 
 
 def _split(
