@@ -88,7 +88,9 @@ def print_dataset(data: Path, rows: list[dict]) -> None:
             f"| {r['finetune_s']:.1f} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} |"
         )
     for r in rows[1:]:
-        if base["unfrozen_s"] and r["finetune_s"]:
+        if not r["unfrozen_s"]:
+            print(f"{r['recipe']}: no unfrozen epochs (the frozen head reached --unfreeze-below)")
+        elif base["unfrozen_s"]:
             print(
                 f"fine-tuning {base['finetune_s'] / r['finetune_s']:.1f}x faster "
                 f"({base['unfrozen_s'] / max(r['unfrozen_s'], 1e-9):.1f}x on the unfrozen epochs alone); "

@@ -108,3 +108,19 @@ def test_a_run_killed_in_the_cached_prefix_phase_resumes_exactly(lite0, data, tm
     assert scores(result.history) == scores(expected.history)
     a, b = whole.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_when_the_activations_cannot_be_cached_the_top_trains_on_the_images(
+    lite0, data, tmp_path, monkeypatch
+):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("no cache folder can be made under a file, even by root")
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(blocked))
+    model0, spec, pre = lite0
+    top = default_top(model0, spec, pre.input_size)
+    with pytest.warns(UserWarning, match="could not write the activation cache"):
+        model, result, lines = _fit(lite0, data, _cfg(top))
+    assert any("could not be cached: the top trains on the images" in line for line in lines)
+    assert [row["phase"] for row in result.history][-2:] == ["unfrozen", "unfrozen"]
+    before, after = model0.state_dict(), model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("conv_stem.", "blocks.0.")))

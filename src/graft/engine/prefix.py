@@ -48,12 +48,18 @@ def prefix_pass(
     plan: PrecisionPlan,
     split: PrefixSplit,
     log: Callable[[str], None],
-) -> PrefixPass:
-    """The cached activations of train and val (computed now where missing), ready to train on."""
+) -> PrefixPass | None:
+    """The cached activations of train and val (computed now where missing), ready to train on;
+    None when the cache could not hold them all (it could not be written: the caller trains on
+    the images)."""
     t0 = time.perf_counter()
     train, val = extract_splits(model, spec, pre, data, cfg, device, plan, split)
     train_cache = activation_cache(model, spec, pre, plan.features, split)
     val_cache = activation_cache(model, spec, pre, plan.inference, split)
+    lost = train_cache.missing(k for ks in train.keys for k in ks) + val_cache.missing(k[0] for k in val.keys)
+    if lost:
+        log(f"note: {plural(len(lost), 'activation')} could not be cached: the top trains on the images")
+        return None
     train_rows, val_rows = sum(len(k) for k in train.keys), len(val.keys)
     rows = train_rows + val_rows
     mb = (2 * train_rows + 4 * val_rows) * math.prod(split.shape) / 2**20  # bfloat16 and float32

@@ -237,24 +237,27 @@ class Trainer:
         """The pass the phase runs on: cached features for a frozen head that allows it, cached
         prefix activations when the trained blocks leave a frozen prefix, else the images (each
         built once; a resumed image pass goes on with its sampler's epochs)."""
+        args = (self.model, self.spec, self.pre, self.data, self.cfg, self.device, self.precision)
         cached = self.cfg.cache_features and feature_head(self.model, self.spec) is not None
-        split = self._split(phase)
         if phase.name == "frozen" and cached:
-            kind = "features"
-        else:
-            kind = f"prefix:{split.first}" if split is not None else "images"
-        if kind not in self.passes:
-            args = (self.model, self.spec, self.pre, self.data, self.cfg, self.device, self.precision)
-            if kind == "features":
+            if "features" not in self.passes:
                 later = next((self._split(p) for p in self.phases if p.name != "frozen"), None)
-                self.passes[kind] = feature_pass(*args, self.log, split=later)
-            elif split is not None:
-                self.passes[kind] = prefix_pass(*args, split, self.log)
+                self.passes["features"] = feature_pass(*args, self.log, split=later)
+            return self.passes["features"]
+        split = self._split(phase)
+        if split is not None and f"prefix:{split.first}" not in self.passes:
+            top = prefix_pass(*args, split, self.log)
+            if top is None:  # the activations could not all be cached: train on the images
+                self._splits[tuple(phase.blocks)] = split = None
             else:
-                runner = ImagePass(self.model, self.pre, self.data, self.cfg, self.device, self.precision)
-                runner.epochs_run = self.progress.image_epochs
-                self.passes[kind] = runner
-        return self.passes[kind]
+                self.passes[f"prefix:{split.first}"] = top
+        if split is not None:
+            return self.passes[f"prefix:{split.first}"]
+        if "images" not in self.passes:
+            runner = ImagePass(self.model, self.pre, self.data, self.cfg, self.device, self.precision)
+            runner.epochs_run = self.progress.image_epochs
+            self.passes["images"] = runner
+        return self.passes["images"]
 
     def _split(self, phase: Phase) -> PrefixSplit | None:
         """Where ``phase``'s model is cut for cached-prefix training (None: it trains on images)."""
