@@ -96,3 +96,18 @@ def test_fit_records_the_estimate_and_the_recipe(learn):
     assert set(learn.metrics["estimate_seconds"]) == {"frozen", "top", "full"}
     assert [row["phase"] for row in learn.history] == ["frozen"]  # the budget left no time to unfreeze
     assert learn.resolved_config.epochs == 0 and learn.config.epochs == 1  # the request is kept as asked
+
+
+def test_undecodable_training_images_do_not_stop_the_estimate(tmp_path):
+    from graft.engine.estimate import measure
+
+    root = tmp_path / "data"
+    make_image_folder(root / "train", {"red": 4, "blue": 4}, size=(48, 48), seed=1)
+    make_image_folder(root / "val", {"red": 2, "blue": 2}, size=(48, 48), seed=2)
+    data = ImageData.from_folder(root)
+    for sample in data.splits["train"][:3]:
+        sample.path.write_bytes(b"\\x89PNG\\r\\n\\x1a\\n not an image any more")
+    learn = Learner(data, "tf_efficientnet_lite0", input_size=64, workers=0)
+    cfg = learn.resolve_config(TrainConfig(data=str(root)))
+    costs = measure(learn.model, learn.preprocessing, data, cfg, learn.device)
+    assert costs.decode > 0 and costs.forward > 0

@@ -77,11 +77,19 @@ def measure(
         full: Also time a training step of the whole network (the slowest measurement).
         precision: Arithmetic of the timed passes.
     """
-    samples = data.splits["train"][:SAMPLE]
     transform = train_transform(pre, augmentation(cfg))
+    images: list[torch.Tensor] = []
     t0 = time.perf_counter()
-    images = [transform(load_image(s.path, pre.resize_size)) for s in samples]
-    decode = (time.perf_counter() - t0) / len(images)
+    for s in data.splits["train"][: 2 * SAMPLE]:
+        try:
+            images.append(transform(load_image(s.path, pre.resize_size)))
+        except Exception:  # an undecodable file is skipped here as in training (which warns)
+            continue
+        if len(images) == SAMPLE:
+            break
+    decode = (time.perf_counter() - t0) / max(len(images), 1)
+    if not images:  # nothing decodes: time random inputs (training will say what is wrong)
+        images = [torch.randn(3, pre.input_size, pre.input_size) for _ in range(SAMPLE)]
     x = channels_last(torch.stack(images).to(device))
     work = copy.deepcopy(model).eval()
     captured: list[torch.Tensor] = []

@@ -139,8 +139,6 @@ def prefix_split(
     if not chosen or chosen[0] == names[0]:
         return None
     first = chosen[0]
-    if any(names.index(n) < names.index(first) for n in chosen):
-        return None
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
