@@ -63,10 +63,9 @@ def test_balanced_accuracy_and_macro_f1_match_sklearn_on_imbalanced_data():
     d = result.to_dict()
     assert d["balanced_accuracy"] == result.balanced_accuracy and d["macro_f1"] == result.macro_f1
     assert "roc_auc" not in d  # three classes: no positive class
-    assert (
-        f"balanced accuracy {result.balanced_accuracy:.4f}   macro F1 {result.macro_f1:.4f}"
-        in result.format()
-    )
+    text = result.format()  # each number followed by its bootstrap interval
+    assert f"balanced accuracy {result.balanced_accuracy:.4f} [" in text
+    assert f"macro F1 {result.macro_f1:.4f} [" in text
 
 
 def test_balanced_accuracy_by_hand_ignores_classes_without_images():
@@ -92,7 +91,8 @@ def test_binary_roc_auc_and_average_precision_by_hand_with_ties():
     d = result.to_dict()
     assert d["positive"] == "pos" and "threshold" not in d
     assert d["roc_auc"] == result.roc_auc and d["average_precision"] == result.average_precision
-    assert f"ROC AUC {result.roc_auc:.4f}   AP {result.average_precision:.4f}" in result.format()
+    assert f"ROC AUC {result.roc_auc:.4f} [" in result.format()
+    assert f"   AP {result.average_precision:.4f}" in result.format()
 
 
 def test_binary_threshold_decides_the_answers_but_not_the_areas():

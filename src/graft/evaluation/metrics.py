@@ -1,6 +1,10 @@
 """Classification metrics: confusion matrix, per-class precision/recall/F1, balanced accuracy,
 macro F1, ROC AUC and average precision for two classes, and their text form.
 
+Each of accuracy, balanced accuracy, macro F1 and ROC AUC comes with a 95% percentile-bootstrap
+interval (:mod:`graft.evaluation.bootstrap`): the images are resampled jointly, so one resample
+gives every metric's value on the same draw.
+
 A multi-label model's metrics are a :class:`~graft.evaluation.multilabel.MultiLabelResult`, which
 :meth:`EvalResult.from_predictions` returns when the decision says so.
 """
@@ -13,6 +17,15 @@ from typing import ClassVar
 
 import numpy as np
 
+from graft.evaluation.bootstrap import (
+    BatchStatistic,
+    bootstrap_intervals,
+    interval_text,
+    intervals_json,
+    resampled_counts,
+    resampled_roc_auc,
+    resampled_weights,
+)
 from graft.evaluation.curves import average_precision, roc_auc
 from graft.evaluation.multilabel import MultiLabelResult
 from graft.inference.decision import Decision
@@ -40,6 +53,68 @@ def per_class_metrics(cm: np.ndarray, classes: list[str]) -> list[dict]:
     ]
 
 
+def class_count_scores(tp: np.ndarray, support: np.ndarray, predicted: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, balanced accuracy and macro F1 from per-class counts, each ``(k, C)`` for ``k``
+    draws: right answers, images of the class, images answered it (as :class:`EvalResult`'s, each
+    NaN for a draw without images)."""
+    tp, support, predicted = (np.asarray(a, dtype=np.float64) for a in (tp, support, predicted))
+    total = support.sum(1)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+
+    def mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        count = mask.sum(1)
+        return np.where(count > 0, (values * mask).sum(1) / np.maximum(count, 1), np.nan)
+
+    return {
+        "accuracy": np.where(total > 0, tp.sum(1) / np.maximum(total, 1), np.nan),
+        "balanced_accuracy": mean(recall, support > 0),
+        "macro_f1": mean(f1, (support > 0) | (predicted > 0)),
+    }
+
+
+def resampled_scores(
+    labels: np.ndarray,
+    pred: np.ndarray,
+    num_classes: int,
+    scores: np.ndarray | None = None,
+    positive: np.ndarray | None = None,
+) -> BatchStatistic:
+    """The statistic :func:`~graft.evaluation.bootstrap.bootstrap_intervals` resamples for a
+    single-label result: accuracy, balanced accuracy, macro F1, and ROC AUC when ``scores`` and
+    ``positive`` (the positive class's probability and whether it is the true one) are given.
+
+    Args:
+        labels: True class of each image.
+        pred: Answered class of each image.
+        num_classes: Classes.
+        scores: Two classes: the positive class's probability per image.
+        positive: Two classes: whether each image is of the positive class.
+
+    Returns:
+        A function of resampled image indices ``(k, n)`` giving each metric's ``k`` values.
+    """
+    labels, pred = np.asarray(labels, dtype=np.int64), np.asarray(pred, dtype=np.int64)
+    # The diagonal and margins of each resample's confusion matrix are all these metrics need:
+    # three (k, C) counts rather than a (k, C, C) matrix, which 1,000 classes would make huge.
+    hits = np.where(labels == pred, labels, num_classes)  # num_classes: a wrong answer
+    area = resampled_roc_auc(scores, positive) if scores is not None and positive is not None else None
+
+    def statistics(idx: np.ndarray) -> dict[str, np.ndarray]:
+        values = class_count_scores(
+            resampled_counts(idx, hits, num_classes + 1)[:, :num_classes],
+            resampled_counts(idx, labels, num_classes),
+            resampled_counts(idx, pred, num_classes),
+        )
+        if area is not None:
+            values["roc_auc"] = area(resampled_weights(idx, len(labels)))
+        return values
+
+    return statistics
+
+
 @dataclass
 class EvalResult:
     """The outcome of evaluating a single-label model on labeled images.
@@ -55,6 +130,8 @@ class EvalResult:
         roc_auc: Two classes: area under the ROC curve of the positive class's probability.
         average_precision: Two classes: area under its precision-recall curve.
         decision: How probabilities became answers (a binary threshold, or the top class).
+        intervals: 95% bootstrap intervals ``(low, high)`` of ``accuracy``, ``balanced_accuracy``,
+            ``macro_f1`` and (two classes) ``roc_auc``; empty when not computed.
     """
 
     loss: float
@@ -67,6 +144,7 @@ class EvalResult:
     roc_auc: float | None = None
     average_precision: float | None = None
     decision: Decision = field(default_factory=Decision)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     multi_label: ClassVar[bool] = False
 
     @classmethod
@@ -89,7 +167,10 @@ class EvalResult:
             cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
             area = math.nan if binary else None
             per_class = per_class_metrics(cm, classes)
-            return cls(math.nan, math.nan, 0, list(classes), per_class, cm, undecodable, area, area, decision)
+            names = ["accuracy", "balanced_accuracy", "macro_f1"] + (["roc_auc"] if binary else [])
+            undefined = {name: (math.nan, math.nan) for name in names}
+            args = (math.nan, math.nan, 0, list(classes), per_class, cm, undecodable, area, area, decision)
+            return cls(*args, intervals=undefined)
         pred = decision.predicted(probs)
         picked = np.clip(probs[np.arange(n), labels], 1e-12, 1.0)
         cm = confusion_matrix(labels, pred, len(classes))
@@ -105,6 +186,9 @@ class EvalResult:
             roc_auc=roc_auc(scores, positive) if binary else None,
             average_precision=average_precision(scores, positive) if binary else None,
             decision=decision,
+            intervals=bootstrap_intervals(
+                resampled_scores(labels, pred, len(classes), *((scores, positive) if binary else ())), n
+            ),
         )
 
     @property
@@ -143,6 +227,7 @@ class EvalResult:
             "classes": self.classes,
             "per_class": self.per_class,
             "confusion": self.confusion.tolist(),
+            "intervals": intervals_json(self.intervals),  # 95% bootstrap: [low, high] per metric
         }
         if self.roc_auc is not None:
             d["roc_auc"] = None if math.isnan(self.roc_auc) else self.roc_auc
@@ -153,13 +238,18 @@ class EvalResult:
         return d
 
     def headline(self) -> str:
-        """One line: accuracy, balanced accuracy, macro F1, loss (and ROC AUC, AP for two classes)."""
+        """One line: accuracy, balanced accuracy, macro F1, loss (and ROC AUC, AP for two classes),
+        each metric with its 95% interval in brackets when there is one, e.g.
+        ``accuracy 0.9608 (147/153) [95% CI 0.928-0.987]   balanced accuracy 0.9605 [0.927-0.987]``."""
+        ci = self.intervals.get
         line = (
-            f"accuracy {self.accuracy:.4f} ({self.correct}/{self.n})   balanced accuracy "
-            f"{self.balanced_accuracy:.4f}   macro F1 {self.macro_f1:.4f}   loss {self.loss:.4f}"
+            f"accuracy {self.accuracy:.4f} ({self.correct}/{self.n}){interval_text(ci('accuracy'), True)}"
+            f"   balanced accuracy {self.balanced_accuracy:.4f}{interval_text(ci('balanced_accuracy'))}"
+            f"   macro F1 {self.macro_f1:.4f}{interval_text(ci('macro_f1'))}   loss {self.loss:.4f}"
         )
         if self.roc_auc is not None:
-            line += f"   ROC AUC {self.roc_auc:.4f}   AP {self.average_precision:.4f}"
+            line += f"   ROC AUC {self.roc_auc:.4f}{interval_text(ci('roc_auc'))}"
+            line += f"   AP {self.average_precision:.4f}"
         if self.undecodable:
             line += f"   skipped {self.undecodable}"
         return line
