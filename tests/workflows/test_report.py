@@ -14,12 +14,13 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from graft import ImageData, Learner, load_learner
+from graft.evaluation.calibration import expected_calibration_error, uncalibrated
 from graft.evaluation.interpret import Interpretation
-from graft.inference.decision import Decision
+from graft.inference.decision import Decision, Reject
 from graft.workflows.report import MULTI_LABEL_SECTIONS, SECTIONS, report_sections, write_report
 from tests.conftest import make_image_folder
 
-PNGS = ("curves", "confusion", "confusion_normalized", "top_losses", "predictions")
+PNGS = ("curves", "confusion", "confusion_normalized", "reliability", "coverage", "top_losses", "predictions")
 
 
 class ReportParser(HTMLParser):
@@ -251,6 +252,8 @@ def test_multi_label_report_sections_and_images(multi_label_report):
     interp, out, parsed = multi_label_report
     assert parsed.sections == list(MULTI_LABEL_SECTIONS) == list(report_sections(interp))
     assert "confusion-counts" not in parsed.tables and not (out / "confusion.png").exists()
+    assert "confidence" not in parsed.sections and "calibration-table" not in parsed.tables
+    assert not (out / "reliability.png").exists() and not (out / "coverage.png").exists()
     assert sorted(alt for alt, _ in parsed.images) == sorted(
         ["training curves", "per-class PR curves", "top losses", "sample predictions"]
     )
@@ -285,3 +288,73 @@ def test_multi_label_top_losses_are_label_sets_and_history_has_the_new_columns(m
     assert {"val macro F1", "val micro F1", "val mAP"} <= set(header) and "val bal. acc" not in header
     mistakes = {(r[0], r[1]): int(r[2]) for r in parsed.tables["confused-pairs"][1:]}
     assert mistakes == {(c, kind): n for c, kind, n in interp.most_confused(10)}
+
+
+def test_confidence_section_without_temperature_or_scores(trained, tmp_path):
+    _, learn, _ = trained
+    interp = dataclasses.replace(learn.interpret(), decision=Decision(), scores=None)
+    parsed = parse_report(write_report(learn, interp, tmp_path, top_losses=2, samples=2))
+    rows = parsed.tables["calibration-table"]
+    assert [r[0] for r in rows[1:]] == ["uncalibrated", "calibrated"]
+    assert rows[1][2:] == rows[2][2:]  # T = 1: the same probabilities twice
+    assert rows[2][2] == f"{expected_calibration_error(interp.probs, interp.labels):.4f}"
+    coverage = parsed.tables["coverage-table"]
+    assert coverage[0] == ["coverage", "ranked by calibrated confidence"]
+    assert coverage[1] == ["100%", f"{interp.result.accuracy:.4f}"]
+    assert "unknown-table" not in parsed.tables
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def confidence_report(trained, tmp_path_factory):
+    """A report of hand-made, temperature-scaled predictions with out-of-distribution scores and
+    an "unknown" rule, on the run's real val images."""
+    _, learn, _ = trained
+    real = learn.interpret()
+    rng = np.random.default_rng(0)
+    logits = rng.normal(scale=3.0, size=(len(real.labels), 3))
+    logits[np.arange(len(logits))[::2], real.labels[::2]] += 4.0  # right on half, at least
+    scores = rng.uniform(0.05, 0.6, size=len(logits))
+    scores[3] = np.nan  # an image without features: never rejected
+    reject = Reject(0.4, "unknown", "accepts 95% of val")
+    decision = Decision(temperature=2.0, reject=reject)
+    interp = dataclasses.replace(real, probs=softmax(logits / 2.0), decision=decision, scores=scores)
+    out = tmp_path_factory.mktemp("confidence")
+    return interp, out, parse_report(write_report(learn, interp, out, top_losses=3, samples=4))
+
+
+def test_confidence_section_shows_calibration_before_and_after(confidence_report):
+    interp, out, parsed = confidence_report
+    assert parsed.sections == list(SECTIONS) and "confidence" in parsed.sections
+    alts = [alt for alt, _ in parsed.images]
+    assert "reliability diagram" in alts and "accuracy vs coverage" in alts
+    assert (out / "reliability.png").is_file() and (out / "coverage.png").is_file()
+    rows = {r[0]: r[1:] for r in parsed.tables["calibration-table"][1:]}
+    before = uncalibrated(interp.probs, 2.0)
+    assert rows["uncalibrated"][:2] == ["1", f"{expected_calibration_error(before, interp.labels):.4f}"]
+    assert rows["calibrated"][:2] == ["2", f"{expected_calibration_error(interp.probs, interp.labels):.4f}"]
+    assert rows["uncalibrated"][2] == f"{before.max(1).mean():.4f}"  # mean confidence
+
+
+def test_confidence_section_ranks_by_both_scores_and_applies_the_unknown_rule(confidence_report):
+    interp, _, parsed = confidence_report
+    coverage = parsed.tables["coverage-table"]
+    assert coverage[0] == [
+        "coverage",
+        "ranked by calibrated confidence",
+        "ranked by out-of-distribution score",
+    ]
+    correct = interp.preds == interp.labels
+    assert coverage[1] == ["100%", f"{correct.mean():.4f}", f"{correct.mean():.4f}"]
+    # 50% of 12 images: the 6 with the lowest score (the NaN one first).
+    ranked = np.argsort(np.where(np.isnan(interp.scores), -1.0, interp.scores))[:6]
+    assert coverage[-1][0] == "50%" and coverage[-1][2] == f"{correct[ranked].mean():.4f}"
+    facts = {r[0]: r[1] for r in parsed.tables["unknown-table"][1:]}
+    rejected = interp.scores > 0.4
+    assert facts["threshold"] == "cosine distance > 0.4000 (accepts 95% of val)"
+    assert facts['answered "unknown"'] == f"{rejected.mean():.1%} ({rejected.sum()} of 12 images)"
+    assert facts["accuracy of the rest"] == f"{correct[~rejected].mean():.4f}"

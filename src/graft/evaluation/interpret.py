@@ -43,7 +43,11 @@ class Interpretation:
         source: What was evaluated, e.g. ``hymenoptera (val)``.
         undecodable: Images that could not be decoded (left out).
         tta: Test-time augmentation views averaged (0: none).
-        decision: How probabilities become answers (binary threshold, per-class thresholds).
+        decision: How probabilities become answers (binary threshold, per-class thresholds,
+            the calibration temperature already applied to ``probs``, the "unknown" rule).
+        scores: Out-of-distribution score of each image (:mod:`graft.inference.ood`; higher is
+            further from the training images), or None when the run stores no reference
+            features.
     """
 
     classes: list[str]
@@ -55,6 +59,7 @@ class Interpretation:
     undecodable: int = 0
     tta: int = 0
     decision: Decision = field(default_factory=Decision)
+    scores: np.ndarray | None = None
 
     @property
     def multi_label(self) -> bool:

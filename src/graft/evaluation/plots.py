@@ -1,5 +1,5 @@
-"""Figures of a run: training curves, confusion matrix, ROC and precision-recall curves, image
-grids, lr-find and compare plots.
+"""Figures of a run: training curves, confusion matrix, ROC and precision-recall curves,
+reliability and coverage curves, image grids, lr-find and compare plots.
 
 Built on matplotlib's object API (``Figure`` without pyplot), so no GUI backend, global state or
 display is involved: these work in threads, servers and headless CI alike.
@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
+from graft.evaluation.calibration import expected_calibration_error, reliability_bins
 from graft.evaluation.curves import average_precision, precision_recall_curve, roc_auc, roc_curve
 from graft.infrastructure.fileio import atomic_write
 
@@ -193,6 +194,65 @@ def plot_pr_curves(
     ax.set(xlabel="recall", ylabel="precision", title=title, xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
     if drawn:
+        ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray, bins: int = 15) -> Figure:
+    """Reliability diagram: per confidence bin, the accuracy against the mean confidence, before
+    and after calibration, with each one's expected calibration error in the legend. A
+    calibrated model's points lie on the diagonal.
+
+    Args:
+        before: ``(n, classes)`` probabilities before calibration.
+        after: The same images' probabilities after it.
+        labels: ``(n,)`` true class indices.
+        bins: Equal-width confidence bins over [0, 1].
+    """
+    fig = Figure(figsize=(6.5, 5))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], ":", color="#888888", label="perfectly calibrated")
+    for probs, name, style in ((before, "before", "s--"), (after, "after", "o-")):
+        groups = reliability_bins(probs, labels, bins)
+        ece = expected_calibration_error(probs, labels, bins)
+        x, y = [g["confidence"] for g in groups], [g["accuracy"] for g in groups]
+        (line,) = ax.plot(x, y, style, markersize=3, label=f"{name} calibration (ECE {ece:.3f})")
+        # A bin of a few images is noise: the marker's area tells how much each point weighs.
+        counts = np.array([g["count"] for g in groups], dtype=np.float64)
+        sizes = 6 + 160 * counts / max(1.0, counts.max(initial=0.0))
+        ax.scatter(x, y, s=sizes, color=line.get_color(), alpha=0.45, marker=style[0])
+    ax.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+    ax.set_title(f"reliability ({bins} equal-width bins; marker area: images in the bin)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_coverage(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], marks: dict[str, float] | None = None
+) -> Figure:
+    """Accuracy against coverage (selective classification), one line per way of ranking the
+    images (:func:`graft.evaluation.calibration.coverage_curve`).
+
+    Args:
+        curves: Name -> ``(coverage, accuracy)``.
+        marks: Name -> a coverage to mark with a vertical line (e.g. the share of images kept
+            by a rejection threshold).
+    """
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
+    for name, (coverage, accuracy) in curves.items():
+        ax.plot(coverage, accuracy, "-", label=name)
+    colors = ("#cf222e", "#8250df", "#bf8700")
+    for i, (name, x) in enumerate((marks or {}).items()):
+        ax.axvline(x, ls="--", color=colors[i % len(colors)], label=f"{name} ({x:.0%} kept)")
+    ax.set(xlabel="coverage (share of images answered)", ylabel="accuracy of the answered")
+    ax.set_title("accuracy vs coverage (most trusted answered first)")
+    ax.set_xlim(0, 1.02)
+    ax.grid(alpha=0.3)
+    if curves or marks:
         ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     return fig

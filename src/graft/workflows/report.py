@@ -1,10 +1,12 @@
 """``report.html``: one self-contained page (images embedded) that shows what a run learned.
 
 Sections: run summary, training curves, confusion matrix, ROC and PR curves (two classes; each
-class against the rest otherwise), per-class metrics, most-confused pairs, top losses and a grid of
-sample predictions (plus the lr-find plot when the run used ``--lr auto``). A multi-label run has
-per-class PR curves, per-class thresholds and missed/extra labels instead of the confusion matrix
-and the ROC section. Every plot is also written as a PNG beside the page.
+class against the rest otherwise), confidence (calibration before and after the temperature,
+accuracy against coverage, the "unknown" rule), per-class metrics, most-confused pairs, top losses
+and a grid of sample predictions (plus the lr-find plot when the run used ``--lr auto``). A
+multi-label run has per-class PR curves, per-class thresholds and missed/extra labels instead of the
+confusion matrix, the ROC and the confidence sections. Every plot is also written as a PNG beside
+the page.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from graft.infrastructure.text import plural
 from graft.workflows.report_sections import (
     BODIES,
     MAX_TABLE_CLASSES,
+    confidence_figures,
     esc,
     fmt,
     img,
@@ -38,6 +41,7 @@ SECTIONS = {
     "curves": "Training curves",
     "confusion": "Confusion matrix",
     "roc-pr": "ROC and PR curves",
+    "confidence": "Confidence",
     "per-class": "Per-class precision, recall and F1",
     "confused": "Most-confused classes",
     "top-losses": "Top losses",
@@ -153,6 +157,7 @@ def _figures(learn: Learner, interp: Interpretation, top_losses: int, samples: i
         figures["confusion_normalized"] = interp.plot_confusion(normalize=True)
         # Two classes only: with more, the section is a table (one class against the rest).
         figures["roc_pr"] = interp.plot_roc_pr() if images and len(interp.classes) == 2 else None
+        figures |= confidence_figures(interp)
     figures["top_losses"] = interp.plot_top_losses(top_losses) if images else None
     figures["predictions"] = interp.plot_predictions(samples) if images else None
     return figures

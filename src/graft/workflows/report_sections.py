@@ -8,13 +8,22 @@ from __future__ import annotations
 import base64
 import html
 import math
+from typing import TYPE_CHECKING
 
+import numpy as np
+
+from graft.evaluation.calibration import coverage_curve, expected_calibration_error, uncalibrated
 from graft.evaluation.curves import average_precision, roc_auc
 from graft.evaluation.interpret import Interpretation
 from graft.infrastructure.text import plural
 
+if TYPE_CHECKING:  # matplotlib is imported only when a plot is drawn
+    from matplotlib.figure import Figure
+
 # Tables with one row and column per class stay readable up to about this many classes.
 MAX_TABLE_CLASSES = 30
+# The coverages of the Confidence section's table: the accuracy when answering that share.
+COVERAGES = (1.0, 0.9, 0.8, 0.5)
 
 
 def esc(value: object) -> str:
@@ -195,7 +204,126 @@ def _predictions(interp: Interpretation, pngs: dict, _k: int) -> str:
     )
 
 
-# The body of each section, by section id.
+def _confidence_data(interp: Interpretation) -> dict:
+    """The numbers behind the Confidence section (single-label, at least one image).
+
+    The answers are the decision's (a binary threshold included); their confidence is the
+    calibrated probability of the answered class. An image without an out-of-distribution score
+    (NaN) is never rejected, so it ranks first by that score."""
+    after, labels, t = interp.probs, interp.labels, interp.decision.temperature
+    before = uncalibrated(after, t)
+    rows = np.arange(len(labels))
+    answered = interp.preds
+    correct = answered == labels
+    curves = {"calibrated confidence": coverage_curve(after[rows, answered], correct)}
+    data = {"before": before, "after": after, "correct": correct, "curves": curves}
+    if interp.scores is not None:
+        scores = np.asarray(interp.scores, dtype=np.float64)
+        curves["out-of-distribution score"] = coverage_curve(
+            np.where(np.isnan(scores), np.inf, -scores), correct
+        )
+        reject = interp.decision.reject
+        if reject is not None:
+            data["rejected"] = reject.rejected(scores)
+    return data
+
+
+def confidence_figures(interp: Interpretation) -> dict[str, Figure | None]:
+    """The Confidence section's figures by PNG name (None: no images to draw)."""
+    from graft.evaluation.plots import plot_coverage, plot_reliability
+
+    if len(interp.labels) == 0:
+        return {"reliability": None, "coverage": None}
+    data = _confidence_data(interp)
+    marks = None
+    if "rejected" in data:
+        marks = {f'"{interp.decision.reject.label}" threshold': 1.0 - float(data["rejected"].mean())}
+    return {
+        "reliability": plot_reliability(data["before"], data["after"], interp.labels),
+        "coverage": plot_coverage(data["curves"], marks),
+    }
+
+
+def _confidence(interp: Interpretation, pngs: dict, _k: int) -> str:
+    if "reliability" not in pngs:
+        return "<p>no images</p>"
+    data, labels, decision = _confidence_data(interp), interp.labels, interp.decision
+    t = decision.temperature
+    note = f"temperature T = {t:.4f}: the calibrated probabilities are softmax(logits / T)"
+    if t == 1.0:
+        note = "no temperature stored (T = 1): the probabilities are the model's own"
+    rows = [
+        [
+            name,
+            f"{temp:g}",
+            fmt(expected_calibration_error(p, labels)),
+            fmt(_mean_top(p)),
+            fmt(_nll(p, labels)),
+        ]
+        for name, temp, p in (("uncalibrated", 1.0, data["before"]), ("calibrated", t, data["after"]))
+    ]
+    body = (
+        f'<p class="muted">{esc(note)}. ECE (expected calibration error): the gap between confidence '
+        f"and accuracy over 15 confidence bins; 0 is perfectly calibrated. Accuracy (top class) "
+        f"{fmt(_mean_top_right(data['after'], labels))}.</p>"
+        + table(["probabilities", "temperature", "ECE", "mean confidence", "loss"], rows, "calibration-table")
+        + img(pngs["reliability"], "reliability diagram")
+        + '<p class="muted">answering only the most trusted images first: how accurate the answers '
+        "stay as more are answered</p>" + img(pngs["coverage"], "accuracy vs coverage")
+    )
+    return body + _coverage_table(data["curves"]) + _unknown(interp, data)
+
+
+def _coverage_table(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
+    """The accuracy when answering the :data:`COVERAGES` shares of the images, per ranking."""
+    n = len(next(iter(curves.values()))[0])
+    # The smallest number of images that reaches the coverage (the epsilon: 0.9 * 10 is 9.000…01).
+    at = [max(1, math.ceil(c * n - 1e-9)) - 1 for c in COVERAGES]
+    rows = [
+        [f"{c:.0%}", *(fmt(float(acc[i])) for _, acc in curves.values())]
+        for c, i in zip(COVERAGES, at, strict=True)
+    ]
+    return table(["coverage", *(f"ranked by {name}" for name in curves)], rows, "coverage-table")
+
+
+def _unknown(interp: Interpretation, data: dict) -> str:
+    """The stored "unknown" rule applied to these images."""
+    reject = interp.decision.reject
+    if reject is None:
+        return ""
+    if "rejected" not in data:
+        why = f'the "{reject.label}" rule needs out-of-distribution scores, which these predictions lack'
+        return f'<p class="muted">{esc(why)}</p>'
+    rejected, correct = data["rejected"], data["correct"]
+    kept = correct[~rejected]
+    facts = [
+        [
+            "threshold",
+            f"cosine distance > {reject.threshold:.4f}"
+            + (f" ({reject.chosen_by})" if reject.chosen_by else ""),
+        ],
+        [
+            f'answered "{reject.label}"',
+            f"{rejected.mean():.1%} ({int(rejected.sum())} of {plural(len(rejected), 'image')})",
+        ],
+        ["accuracy of the rest", fmt(float(kept.mean())) if len(kept) else "-"],
+        ["accuracy of all", fmt(float(correct.mean()))],
+    ]
+    title = esc(f'Answered "{reject.label}"')
+    return f"<h3>{title}</h3>" + table(["", ""], facts, "unknown-table", left=2)
+
+
+def _mean_top(probs: np.ndarray) -> float:
+    return float(probs.max(axis=1).mean())
+
+
+def _mean_top_right(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float((probs.argmax(axis=1) == labels).mean())
+
+
+def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean ``-log p(true class)`` (the loss the report shows elsewhere)."""
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)).mean())
 
 
 def _ap_text(ap: float | None) -> str:
@@ -206,6 +334,7 @@ def _ap_text(ap: float | None) -> str:
 BODIES = {
     "confusion": _confusion,
     "roc-pr": _roc_pr,
+    "confidence": _confidence,
     "pr-curves": _pr_curves,
     "per-class": _per_class,
     "confused": _confused,
