@@ -5,7 +5,9 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from graft.cli.main import main
 from graft.workflows.report import SECTIONS
@@ -14,7 +16,7 @@ from tests.workflows.test_report import confusion_from_html, parse_report
 
 BUNDLE = ["graft.json", "history.csv", "model.safetensors"]
 REPORT = ["report.html", "curves.png", "confusion.png", "confusion_normalized.png", "top_losses.png",
-          "predictions.png"]  # fmt: skip
+          "reliability.png", "coverage.png", "predictions.png"]  # fmt: skip
 
 FAST = ["--input-size", "64", "--freeze-epochs", "5", "--epochs", "1", "--batch-size", "6", "--lr", "0.02",
         "--no-augment", "--workers", "0"]  # fmt: skip
@@ -167,8 +169,9 @@ def test_predict_csv_and_submissions(run, dataset, tmp_path, capsys):
     assert main(["predict", str(run), new, "--top-k", "2", "--csv", str(preds)]) == 0
     with open(preds) as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["path", "label", "prob", "label_2", "prob_2"]
+    assert list(rows[0]) == ["path", "label", "prob", "label_2", "prob_2", "unknown_score", "answer"]
     assert len(rows) == 4
+    assert all(r["answer"] in (r["label"], "unknown") and float(r["unknown_score"]) >= 0 for r in rows)
     assert all(r["label"] in r["path"] for r in rows)  # file names carry their colour
 
     assert main(["predict", str(run), new, "--submission", str(probs)]) == 0
@@ -185,6 +188,29 @@ def test_predict_csv_and_submissions(run, dataset, tmp_path, capsys):
 
     assert main(["predict", str(run), str(dataset / "new" / "red" / "red_0.png")]) == 0
     assert "\tred " in capsys.readouterr().out
+
+
+def test_evaluate_ood_measures_the_unknown_score(run, dataset, tmp_path, capsys):
+    meta = json.loads((run / "graft.json").read_text())
+    assert meta["decision"]["reject"]["label"] == "unknown"
+    assert meta["metrics"]["unknown_threshold"] == meta["decision"]["reject"]["threshold"]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):  # noise: nothing like the solid colours the run was trained on
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(outside / f"noise_{i}.png")
+    plot = tmp_path / "coverage.png"
+    args = ["evaluate", str(run), str(dataset / "data"), "--split", "val", "--ood", str(outside)]
+    assert main([*args, "--json", "--plot", str(plot)]) == 0
+    ood = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ood"]
+    assert (ood["inside"], ood["outside"]) == (9, 6)
+    assert ood["auroc"] >= 0.9 and ood["outside_rejected"] >= 0.5
+    # The threshold accepts 95% of the 9 val images it was chosen on: all 9.
+    assert ood["inside_rejected"] == 0 and ood["threshold"] == meta["decision"]["reject"]["threshold"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main([*args, "--reject", "off"]) == 0
+    text = capsys.readouterr().out
+    assert "AUROC" in text and "at threshold" not in text  # no rule: the threshold-free numbers only
 
 
 def test_info_summarises_the_run(run, capsys):
@@ -224,6 +250,15 @@ def test_models_lists_bundled_weights(capsys):
         (["lr-find", "{tmp}/one"], "one class"),
         (["lr-find", "{data}", "--start-lr", "1", "--end-lr", "0.1"], "start lr < end lr"),
         (["compare", "{tmp}/missing"], "does not exist"),
+        (["evaluate", "{run}", "{data}", "--ood", "{tmp}/missing"], "no such file or folder"),
+        (["evaluate", "{run}", "{data}", "--ood", "{tmp}/empty"], "no image"),
+        (["evaluate", "{run}", "{data}", "--ood", "{tmp}/one", "--reject", "3"], "cosine distance in [0, 2]"),
+        (
+            ["predict", "{run}", "{data}", "--reject", "maybe"],
+            "--reject takes auto, off or a score threshold",
+        ),
+        (["train", "{data}", "--unknown-label", "red"], "is one of the classes"),
+        (["train", "{data}", "--unknown-accept", "1.5"], "unknown-accept must be in [0, 1]"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message, dataset, run, tmp_path, capsys, monkeypatch):

@@ -76,7 +76,8 @@ def test_onnx_export_outputs_sigmoids_and_carries_the_thresholds(run, multi, onn
     root, _ = run
     assert onnx_file.max_diff <= 1e-4 and onnx_file.agree == onnx_file.images == 9
     meta = json.loads(onnx.load(str(onnx_file.path)).metadata_props[0].value)
-    assert meta["format"] == 2 and meta["decision"] == multi.decision.to_dict(multi.classes)
+    # format 3: the run stores reference features, so the graph has the unknown score output too
+    assert meta["format"] == 3 and meta["decision"] == multi.decision.to_dict(multi.classes)
     assert "sigmoid" in meta["output"]
     model = OnnxClassifier(onnx_file.path)
     assert model.decision == multi.decision
@@ -99,6 +100,8 @@ def test_torchscript_export_checks_the_sigmoids(run, multi, tmp_path):
 def test_a_plain_model_keeps_format_1_and_its_softmax(run, tmp_path):
     root, out = run
     learn = load_learner(out, device="cpu", precision="fp32")
+    # A run saved before graft stored reference features (no unknown score, no temperature).
+    learn.references, learn.decision = None, Decision()
     report = export(learn, "onnx", tmp_path / "plain.onnx", check=[root / "val"])
     meta = json.loads(onnx.load(str(report.path)).metadata_props[0].value)
     assert meta["format"] == 1 and meta["decision"] == {"multi_label": False, "activation": "softmax"}
@@ -129,8 +132,8 @@ def _tampered(source, target, change) -> None:
         (lambda m: m["decision"]["thresholds"].update(cat=0.5), "unknown class 'cat'"),
         (lambda m: m["decision"].update(multi_label="yes"), "boolean 'multi_label'"),
         (lambda m: m.update(decision={"threshold": 0.3, "positive": "red"}), "a threshold needs two classes"),
-        (lambda m: m.pop("decision"), "format 2 needs a decision"),
-        (lambda m: m.update(format=3), "format must be a whole number from 1 to 2"),
+        (lambda m: m.pop("decision"), "format 3 needs a decision"),
+        (lambda m: m.update(format=4), "format must be a whole number from 1 to 3"),
     ],
 )
 def test_tampered_thresholds_are_refused_in_one_line(onnx_file, tmp_path, change, why):

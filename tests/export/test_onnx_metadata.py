@@ -94,7 +94,7 @@ BAD_FIELDS = [
     ("classes", ["a", "", "b"], r"metadata\.classes must be a non-empty string"),
     ("classes", "abc", r"metadata\.classes must be a list"),
     ("classes", ..., r"classes is missing"),
-    ("format", 3, r"metadata\.format must be a whole number from 1 to 2"),
+    ("format", 4, r"metadata\.format must be a whole number from 1 to 3"),
 ]
 
 

@@ -94,6 +94,17 @@ def add_tta_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_reject_argument(parser: argparse.ArgumentParser) -> None:
+    """``--reject`` of the commands that answer images."""
+    parser.add_argument(
+        "--reject",
+        default="auto",
+        metavar="off|auto|VALUE",
+        help="answer 'unknown' for images far from every training image: auto: past the threshold "
+        "the run chose on val; off: never; VALUE: past this unknown score instead (default: auto)",
+    )
+
+
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """``--device`` and ``--precision`` of the commands that run a trained model."""
     from graft.infrastructure.config import INFERENCE_PRECISIONS

@@ -39,13 +39,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_files=args.max_files,
         max_batch=args.max_batch,
         max_request_mpx=args.max_request_mpx,
+        reject=args.reject,
     )
     return 0
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register export and serve on the ``graft`` parser."""
-    from graft.cli.analysis import add_device_arguments
+    from graft.cli.analysis import add_device_arguments, add_reject_argument
 
     p = sub.add_parser("export", help="export a run to ONNX or TorchScript, checked against PyTorch")
     p.add_argument("run", help="run folder written by graft train")
@@ -74,5 +75,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-batch", type=int, default=16, help="most images per forward pass across requests (default: 16)"
     )
+    add_reject_argument(p)
     add_device_arguments(p)
     p.set_defaults(func=cmd_serve)

@@ -42,16 +42,43 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from graft.learner.learner import load_learner
 
     learn = load_learner(args.run, device=args.device, precision=args.precision)
-    result = learn.evaluate(args.data, split=args.split, tta=tta_from_args(args), batch_size=args.batch_size)
+    rule = learn.rejection(args.reject) if args.ood else None
+    interp = learn.interpret(args.data, split=args.split, tta=tta_from_args(args), batch_size=args.batch_size)
+    result = interp.result
     if result.n == 0:  # every image failed to decode: there is no accuracy to print
         raise GraftError(
             f"none of the {result.undecodable:,} images in {args.data} could be decoded: nothing to evaluate"
         )
+    ood = _ood(learn, interp, args, rule) if args.ood else None
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps(result.to_dict() | ({"ood": ood.to_dict()} if ood else {})))
     else:
         print(result.format())
+        if ood is not None:
+            print("\n" + ood.format())
     return 0
+
+
+def _ood(learn, interp, args: argparse.Namespace, rule):
+    """``graft evaluate --ood``: the unknown score on the evaluated images and the outside ones."""
+    from graft.cli.analysis import tta_from_args
+    from graft.evaluation.ood import OodResult
+
+    if not learn.scored:
+        raise GraftError(f"{args.run} stores no reference features: it has no unknown score to measure")
+    if learn.multi_label:
+        raise GraftError("--ood measures single-label models (a multi-label one may answer no class)")
+    _, _, outside = learn.predict_outputs(args.ood, tta=tta_from_args(args), batch_size=args.batch_size)
+    if not len(outside):
+        raise GraftError(f"no image of {args.ood} could be decoded: nothing to measure --ood on")
+    result = OodResult.from_scores(interp.scores, outside, interp.preds == interp.labels, rule)
+    if args.plot:
+        from graft.evaluation.plots import plot_coverage, save_png
+
+        both = [*interp.scores, *outside]
+        marks = {"threshold": float((~rule.rejected(both)).mean())} if rule else None
+        save_png(plot_coverage({"unknown score": result.coverage()}, marks), args.plot)
+    return result
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -165,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     # Long only in declarations: one add_argument per flag, nothing to split out.
     from graft.cli.analysis import add_commands as add_analysis_commands
-    from graft.cli.analysis import add_device_arguments, add_tta_argument
+    from graft.cli.analysis import add_device_arguments, add_reject_argument, add_tta_argument
     from graft.cli.config_args import add_config_arguments, add_offline_argument
     from graft.cli.deploy import add_commands as add_deploy_commands
     from graft.cli.organize import add_commands as add_organize_commands
@@ -195,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="folder of class folders, or a dataset root (with --split)")
     p.add_argument("--split", choices=("test", "val", "train"), help="which split of a dataset root")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--ood",
+        metavar="OTHER",
+        help="a folder of images of none of the classes: measure the unknown score (AUROC, how many "
+        "of them and of DATA's images are answered unknown, accuracy vs coverage)",
+    )
+    p.add_argument("--plot", metavar="PNG", help="with --ood: write the accuracy vs coverage curve")
+    add_reject_argument(p)
     add_tta_argument(p)
     p.add_argument("--batch-size", type=int, default=None, help="images per batch")
     add_device_arguments(p)

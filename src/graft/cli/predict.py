@@ -26,6 +26,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     sample = _checked_submission_args(args, shard)
     tta = tta_from_args(args)
     model = _load_model(args, tta)
+    reject = model.rejection(args.reject)
     decision = model_decision(model)
     if decision.multi_label and args.top_k is not None:
         raise GraftError(
@@ -57,6 +58,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         tta=tta,
         on_chunk=on_chunk if args.submission or show else None,
+        reject=reject,
     )
     _check_something_predicted(result, args.csv)
     if args.csv:
@@ -68,9 +70,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _line(pred: Prediction) -> str:
     """One printed prediction: the path, a tab, then each answered class and its probability
-    (``(none)`` when a multi-label model answers none of its classes)."""
+    (``(none)`` when a multi-label model answers none of its classes); a rejected image starts
+    with the unknown label, and a scored one ends with its score."""
     answers = "  ".join(f"{c} {p:.3f}" for c, p in zip(pred.labels, pred.probs, strict=True))
-    return f"{pred.path}\t{answers or '(none)'}"
+    line = f"{pred.path}\t{answers or '(none)'}"
+    if pred.unknown:
+        line = f"{pred.path}\t{pred.unknown} (closest: {answers or '(none)'})"
+    return line if pred.score is None else f"{line}  [unknown score {pred.score:.3f}]"
 
 
 def _checked_submission_args(
@@ -168,7 +174,7 @@ def cmd_merge_predictions(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register predict and merge-predictions on the ``graft`` parser."""
     # Long only in declarations: one add_argument per flag, nothing to split out.
-    from graft.cli.analysis import add_device_arguments, add_tta_argument
+    from graft.cli.analysis import add_device_arguments, add_reject_argument, add_tta_argument
     from graft.evaluation.stream import DEFAULT_CHUNK_SIZE
     from graft.evaluation.submission import SUBMISSION_FORMATS
 
@@ -225,6 +231,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "lacks get 0) and its ids the order of the rows",
     )
     p.add_argument("--print", action="store_true", help="also print predictions when writing files")
+    add_reject_argument(p)
     add_tta_argument(p)
     add_device_arguments(p)
     p.set_defaults(func=cmd_predict)

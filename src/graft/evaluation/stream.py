@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from graft.data.selection import expand_paths
-from graft.inference.decision import Decision
+from graft.inference.decision import Decision, Reject
 from graft.inference.predictions import Prediction, decide
 from graft.infrastructure.errors import GraftError
 from graft.infrastructure.fileio import atomic_write, cannot_write
@@ -46,6 +46,11 @@ class Predictor(Protocol):
 
     def predict_probs(self, paths: Sequence[Path]) -> tuple[list[Path], np.ndarray]: ...
 
+    def predict_outputs(self, paths: Sequence[Path]) -> tuple[list[Path], np.ndarray, np.ndarray | None]: ...
+
+    @property
+    def scored(self) -> bool: ...
+
 
 @dataclass
 class StreamResult:
@@ -62,14 +67,18 @@ class StreamResult:
     seconds: float
 
 
-def csv_header(classes: Sequence[str], k: int, multi_label: bool = False) -> list[str]:
+def csv_header(classes: Sequence[str], k: int, multi_label: bool = False, scored: bool = False) -> list[str]:
     """The columns of a predictions CSV: ``path,label,prob`` then ``label_j,prob_j`` up to top-k
     (k clamped to 1..number of classes, as :func:`~graft.inference.predictions.decide` does);
-    for a multi-label model ``path,labels`` then one probability column per class, named after it."""
+    for a multi-label model ``path,labels`` then one probability column per class, named after it.
+    A model with the unknown score (``scored``) adds ``unknown_score,answer``: the score, and the
+    answer (the unknown label for a rejected image, else the answered class or classes)."""
+    extra = ["unknown_score", "answer"] if scored else []
     if multi_label:
-        return ["path", "labels", *classes]
+        return ["path", "labels", *classes, *extra]
     k = max(1, min(k, len(classes)))
-    return ["path", "label", "prob", *(f"{c}_{j}" for j in range(2, k + 1) for c in ("label", "prob"))]
+    pairs = (f"{c}_{j}" for j in range(2, k + 1) for c in ("label", "prob"))
+    return ["path", "label", "prob", *pairs, *extra]
 
 
 def model_decision(model: object) -> Decision:
@@ -107,6 +116,7 @@ def predict_to_csv(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     tta: bool | int = False,
     on_chunk: Callable[[list[Prediction], np.ndarray], None] | None = None,
+    reject: Reject | None = None,
 ) -> StreamResult:
     """Predict image files and folders chunk by chunk, appending each chunk's rows to a CSV.
 
@@ -129,6 +139,8 @@ def predict_to_csv(
         chunk_size: Files per chunk; a multiple of the model's batch size wastes no forward pass.
         tta: Test-time augmentation, for a Learner (see :meth:`graft.Learner.predict_probs`).
         on_chunk: Called with each chunk's predictions and full probabilities, in order.
+        reject: When an image is answered "unknown" (the ``answer`` column of a scored model;
+            :meth:`graft.Learner.rejection`).
 
     Raises:
         GraftError: Bad arguments, no images, or (``resume``) a CSV written with other columns,
@@ -140,7 +152,8 @@ def predict_to_csv(
         raise GraftError("--resume needs --csv FILE: the CSV to continue")
     start = time.perf_counter()
     decision = model_decision(model)
-    header = csv_header(model.classes, top_k, decision.multi_label)
+    scored = bool(getattr(model, "scored", False))
+    header = csv_header(model.classes, top_k, decision.multi_label, scored)
     files = expand_paths(paths)
     listed = len(files)
     if shard is not None:
@@ -157,11 +170,11 @@ def predict_to_csv(
             chunk = _still_there(files[begin : begin + chunk_size])
             if not chunk:
                 continue
-            kept, probs = model.predict_probs(chunk, tta=tta) if tta else model.predict_probs(chunk)
-            preds = decide(probs, kept, model.classes, decision, top_k)
+            kept, probs, scores = _outputs(model, chunk, tta)
+            preds = decide(probs, kept, model.classes, decision, top_k, scores, reject)
             undecodable += len(chunk) - len(kept)
             if out is not None:
-                rows = prediction_rows(preds, probs if decision.multi_label else None)
+                rows = prediction_rows(preds, probs if decision.multi_label else None, scored)
                 _append(out, Path(csv_path), _rows_text(rows), written + len(done))
             written += len(preds)
             if on_chunk is not None:
@@ -177,6 +190,13 @@ def predict_to_csv(
         undecodable=undecodable,
         seconds=time.perf_counter() - start,
     )
+
+
+def _outputs(model: Predictor, chunk: list[Path], tta: bool | int) -> tuple:
+    """``(paths, probs, scores)`` of a chunk (scores None for a model without the unknown score)."""
+    if not hasattr(model, "predict_outputs"):
+        return (*model.predict_probs(chunk), None)
+    return model.predict_outputs(chunk, tta=tta) if tta else model.predict_outputs(chunk)
 
 
 def merge_prediction_csvs(parts: Sequence[str | Path], out: str | Path) -> int:
@@ -335,8 +355,11 @@ def _read_rows(path: Path, text: str) -> list[list[str]]:
 def _is_predictions_header(columns: Sequence[str]) -> bool:
     if len(columns) >= 3 and list(columns[:2]) == ["path", "labels"]:  # multi-label
         return True
+    columns = list(columns)
+    if columns[-2:] == ["unknown_score", "answer"]:  # a model with the unknown score
+        columns = columns[:-2]
     k = (len(columns) - 1) // 2
-    return len(columns) % 2 == 1 and k >= 1 and list(columns) == csv_header([""] * k, k)
+    return len(columns) % 2 == 1 and k >= 1 and columns == csv_header([""] * k, k)
 
 
 def _still_there(files: Iterable[Path]) -> list[Path]:
@@ -350,21 +373,25 @@ def _still_there(files: Iterable[Path]) -> list[Path]:
     return kept
 
 
-def prediction_rows(preds: Sequence[Prediction], probs: np.ndarray | None = None) -> list[list[str]]:
+def prediction_rows(
+    preds: Sequence[Prediction], probs: np.ndarray | None = None, scored: bool = False
+) -> list[list[str]]:
     """The CSV rows of ``preds``: ``path,label,prob,...`` (``probs`` None), or with each image's
-    class probabilities (multi-label) ``path,labels,<prob of each class>``."""
-    if probs is None:
-        rows = []
-        for pred in preds:
-            row = [str(pred.path)]
+    class probabilities (multi-label) ``path,labels,<prob of each class>``; ``scored`` adds
+    ``unknown_score,answer`` (see :func:`csv_header`)."""
+    rows = []
+    for i, pred in enumerate(preds):
+        row = [str(pred.path)]
+        if probs is None:
             for label, prob in zip(pred.labels, pred.probs, strict=True):
                 row += [label, f"{prob:.6f}"]
-            rows.append(row)
-        return rows
-    return [
-        [str(pred.path), " ".join(pred.labels), *(f"{p:.6f}" for p in row)]
-        for pred, row in zip(preds, probs.tolist(), strict=True)
-    ]
+        else:
+            row += [" ".join(pred.labels), *(f"{p:.6f}" for p in probs[i].tolist())]
+        if scored:
+            score = "" if pred.score is None else f"{pred.score:.6f}"
+            row += [score, pred.unknown or (" ".join(pred.labels) if probs is not None else pred.label)]
+        rows.append(row)
+    return rows
 
 
 def _rows_text(rows: Iterable[Sequence[str]], header: Sequence[str] | None = None) -> str:

@@ -4,6 +4,7 @@ after their predictions were checked against the PyTorch model on real images.""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 import warnings
@@ -17,9 +18,10 @@ import torch
 
 from graft.data.dataset import Sample
 from graft.data.selection import eval_samples, expand_paths
-from graft.export.onnx_runtime import META_KEY, meta_format
+from graft.export.onnx_runtime import META_KEY, SCORE_OUTPUT, meta_format
 from graft.inference.decision import Decision
-from graft.inference.predict import sample_probs
+from graft.inference.ood import SCORE_NAME, Scored
+from graft.inference.predict import sample_outputs
 from graft.infrastructure.errors import GraftError
 from graft.infrastructure.fileio import atomic_write, cannot_write, temp_file
 from graft.infrastructure.text import plural
@@ -56,17 +58,23 @@ class ExportReport:
     seconds: float
 
 
-def contract(learn: Learner) -> dict:
+def contract(learn: Learner, scored: bool | None = None) -> dict:
     """What a user of the exported file needs besides the weights: classes, preprocessing, model,
     and the decision (softmax or a sigmoid per class, and the thresholds).
 
     The graph outputs logits either way. A file whose decision is not a plain softmax is
-    ``format`` 2, which a graft that does not know decisions refuses instead of misreading.
+    ``format`` 2, which a graft that does not know decisions refuses instead of misreading; one
+    with a temperature or the unknown score is 3. ``scored``: whether the file has the score
+    output (default: whenever the run stores reference features); without it the decision
+    carries no unknown rule.
     """
-    decision = learn.decision
+    scored = learn.scored if scored is None else scored
+    decision = learn.decision if scored else dataclasses.replace(learn.decision, reject=None)
     activation = "a sigmoid per class" if decision.multi_label else "softmax"
-    return {
-        "format": meta_format(decision),
+    if decision.temperature != 1.0:
+        activation += f" of logits / decision.temperature ({decision.temperature:.4f})"
+    out = {
+        "format": meta_format(decision, scored),
         "classes": list(learn.classes),
         "preprocessing": learn.preprocessing.to_dict(),
         "model": learn.spec.to_dict(),
@@ -74,6 +82,12 @@ def contract(learn: Learner) -> dict:
         "input": "image: float32 (batch, 3, H, W), RGB scaled to [0, 1], then (x - mean) / std",
         "output": f"logits: float32 (batch, classes); {activation} gives probabilities",
     }
+    if scored:
+        out["output"] += (
+            f"; {SCORE_OUTPUT}: float32 (batch,), the {SCORE_NAME}: answer decision.reject.label "
+            "when it is above decision.reject.threshold"
+        )
+    return out
 
 
 def export(
@@ -105,7 +119,7 @@ def export(
     t0 = time.perf_counter()
     samples = _check_samples(learn, check)
     model = copy.deepcopy(learn.model).to("cpu", memory_format=torch.contiguous_format).float().eval()
-    meta = json.dumps(contract(learn))
+    meta = json.dumps(contract(learn, scored=fmt == "onnx" and learn.scored))
     _temp_beside(out).unlink()  # before the slow part: an unwritable --out fails at once
     checked: list[tuple[float, int, int]] = []
 
@@ -124,26 +138,28 @@ def export(
 def _write_checked(
     fmt: str, model: torch.nn.Module, tmp: Path, meta: str, learn: Learner, samples: list[Sample]
 ) -> tuple[float, int, int]:
-    """Export ``model`` to ``tmp`` and compare the file's probabilities with PyTorch's on
-    ``samples``; returns (largest difference, images with the same top-1, images compared).
+    """Export ``model`` to ``tmp`` and compare the file's probabilities (and unknown scores) with
+    PyTorch's on ``samples``; returns (largest difference, images with the same answer, images
+    compared).
 
     Raises:
         GraftError: A difference above :data:`PARITY_TOLERANCE`.
     """
     size = learn.preprocessing.input_size
     example = torch.randn(2, 3, size, size)
+    scored = fmt == "onnx" and learn.scored  # the unknown score is a second output of the graph
     if fmt == "onnx":
-        _export_onnx(model, example, tmp, meta)
+        graph = Scored(model, learn.spec, learn.references.cpu()).eval() if scored else model
+        _export_onnx(graph, example, tmp, meta, scored)
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit's deprecation notices
             traced = torch.jit.trace(model, example)
             torch.jit.save(traced, str(tmp), _extra_files={"graft.json": meta})
-    decision = learn.decision
-    reference, kept = _torch_probs(model, learn, samples)
+    reference, kept = _torch_probs(model, learn, samples, scored)
     exported = _exported_probs(fmt, tmp, learn, [samples[i] for i in kept])
     diff = float(np.abs(exported - reference).max()) if len(kept) else 0.0
-    agree = _same_answers(decision, exported, reference) if len(kept) else 0
+    agree = _same_answers(learn.decision, exported, reference, scored) if len(kept) else 0
     if diff > PARITY_TOLERANCE:
         raise GraftError(
             f"the {fmt} export disagrees with the PyTorch model: largest probability difference "
@@ -152,10 +168,16 @@ def _write_checked(
     return diff, agree, len(kept)
 
 
-def _same_answers(decision: Decision, exported: np.ndarray, reference: np.ndarray) -> int:
-    """Rows whose answers (the top class, or the set of labels above their thresholds) agree."""
+def _same_answers(decision: Decision, exported: np.ndarray, reference: np.ndarray, scored: bool) -> int:
+    """Rows whose answers agree: the top class, or the set of labels above their thresholds, and
+    (``scored``: the last column is the unknown score) whether the image is answered unknown."""
+    if scored:
+        rule = decision.reject
+        unknown = [rule.rejected(a[:, -1]) if rule else np.zeros(len(a), bool) for a in (exported, reference)]
+        exported, reference = exported[:, :-1], reference[:, :-1]
     pairs = zip(decision.answers(exported), decision.answers(reference), strict=True)
-    return sum(a == b for a, b in pairs)
+    same = np.array([a == b for a, b in pairs], dtype=bool)
+    return int((same & (unknown[0] == unknown[1])).sum() if scored else same.sum())
 
 
 def _temp_beside(out: Path) -> Path:
@@ -181,7 +203,7 @@ def _check_samples(learn: Learner, check: Sequence[str | Path] | None) -> list[S
     return [Sample(p, None) for p in files[:MAX_CHECK_IMAGES]]
 
 
-def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, meta: str) -> None:
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, meta: str, scored: bool) -> None:
     import onnx
 
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -192,7 +214,7 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, meta
                 model,
                 (example,),
                 input_names=["image"],
-                output_names=["logits"],
+                output_names=["logits", SCORE_OUTPUT] if scored else ["logits"],
                 dynamic_shapes=({0: batch},),
                 dynamo=True,
                 verbose=False,
@@ -207,28 +229,29 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, meta
 
 
 def _exported_probs(fmt: str, path: Path, learn: Learner, samples: list[Sample]) -> np.ndarray:
-    """Probabilities from the exported file: ONNX through its own NumPy preprocessing (the whole
-    contract is checked), TorchScript through graft's transforms."""
+    """Probabilities from the exported file (the unknown score as one more column when it has
+    one): ONNX through its own NumPy preprocessing (the whole contract is checked), TorchScript
+    through graft's transforms."""
     if fmt == "onnx":
         from graft.export.onnx_runtime import OnnxClassifier
 
-        _, probs = OnnxClassifier(path, providers=["CPUExecutionProvider"]).predict_probs(
-            [s.path for s in samples]
-        )
-        return probs
+        onnx_model = OnnxClassifier(path, providers=["CPUExecutionProvider"])
+        _, probs, scores = onnx_model.predict_outputs([s.path for s in samples])
+        return probs if scores is None else np.concatenate([probs, scores[:, None]], axis=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scripted = torch.jit.load(str(path), map_location="cpu")
-    probs, _ = _torch_probs(scripted, learn, samples)
+    probs, _ = _torch_probs(scripted, learn, samples, scored=False)
     return probs
 
 
 def _torch_probs(
-    model: torch.nn.Module, learn: Learner, samples: list[Sample]
+    model: torch.nn.Module, learn: Learner, samples: list[Sample], scored: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(probs, kept)`` of ``model`` (the PyTorch model or the TorchScript file read back) on the
-    CPU in fp32, through graft's transforms and the learner's activation."""
-    return sample_probs(
+    CPU in fp32, through graft's transforms and the learner's activation and temperature; with
+    ``scored``, the unknown score as one more column."""
+    out = sample_outputs(
         model,
         learn.spec,
         learn.preprocessing,
@@ -237,4 +260,9 @@ def _torch_probs(
         precision="fp32",
         fast=model,
         activation=learn.decision.activation,
+        temperature=learn.decision.temperature,
+        references=learn.references.cpu() if scored else None,
     )
+    if not scored:
+        return out.probs, out.kept
+    return np.concatenate([out.probs, out.scores[:, None]], axis=1), out.kept

@@ -21,20 +21,25 @@ from PIL import Image
 from graft.data.images import load_image
 from graft.data.resize import resize_center_crop
 from graft.data.selection import expand_paths
-from graft.inference.decision import Decision
+from graft.inference.decision import Decision, Reject, rejection
 from graft.inference.predictions import Prediction, decide
 from graft.infrastructure import checks
 from graft.infrastructure.errors import GraftError
 from graft.infrastructure.text import plural
 
 META_KEY = "graft"
-# The metadata formats this version reads: 1 (a softmax and the top class), and 2 (a decision
-# with thresholds, or multi-label, which a graft that knows only 1 must refuse, not misread).
-META_FORMATS = (1, 2)
+# The metadata formats this version reads: 1 (a softmax and the top class), 2 (a decision
+# with thresholds, or multi-label, which a graft that knows only 1 must refuse, not misread),
+# and 3 (a calibration temperature, an unknown score output or rule, which 2 would ignore).
+META_FORMATS = (1, 2, 3)
+SCORE_OUTPUT = "unknown_score"
 
 
-def meta_format(decision: Decision) -> int:
-    """The metadata ``format`` of an export with ``decision``: 1 for a plain softmax, else 2."""
+def meta_format(decision: Decision, scored: bool = False) -> int:
+    """The metadata ``format`` of an export with ``decision``: 1 for a plain softmax, 2 for
+    thresholds, 3 with a temperature, an unknown rule or the score output (``scored``)."""
+    if scored or decision.temperature != 1.0 or decision.reject is not None:
+        return 3
     return 1 if decision == Decision(chosen_by=decision.chosen_by) else 2
 
 
@@ -52,7 +57,9 @@ class OnnxClassifier:
 
     Attributes:
         classes: The class names, in the order of the outputs.
-        decision: How outputs become answers, as the Learner that was exported decides.
+        decision: How outputs become answers, as the Learner that was exported decides (its
+            temperature and unknown rule included).
+        scored: Whether the graph has the ``unknown_score`` output (a second output).
     """
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None) -> None:
@@ -83,6 +90,9 @@ class OnnxClassifier:
         self.mean = np.array(pre["mean"], dtype=np.float32).reshape(3, 1, 1)
         self.std = np.array(pre["std"], dtype=np.float32).reshape(3, 1, 1)
         self.input_name = self.session.get_inputs()[0].name
+        self.scored = _has_score(self.session, path)
+        if self.decision.reject is not None and not self.scored:
+            raise GraftError(f"{path}: graft metadata: an unknown rule without the {SCORE_OUTPUT} output")
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """Resize, centre-crop and normalise one RGB image to a ``(3, H, W)`` float32 array, as
@@ -92,8 +102,9 @@ class OnnxClassifier:
         return (x - self.mean) / self.std
 
     def predict_batch(self, images: Sequence[Image.Image], pad_to: int = 0) -> np.ndarray:
-        """Class probabilities (float64) for decoded RGB images: a softmax, or for a multi-label
-        model a sigmoid per class.
+        """Class probabilities (float64) for decoded RGB images: a softmax (at the calibration
+        temperature), or for a multi-label model a sigmoid per class; with the unknown score
+        output, the score as one more, last column.
 
         ``pad_to`` runs the session on at least that many rows (copies of the last image) and
         drops the extra ones, so an image's result does not depend on how many it was batched
@@ -103,20 +114,38 @@ class OnnxClassifier:
         n = len(x)
         if n < pad_to:
             x = np.concatenate([x, np.repeat(x[-1:], pad_to - n, axis=0)])
-        logits = self.session.run(None, {self.input_name: x})[0][:n]
-        return self.decision.activate(logits)
+        outputs = self.session.run(None, {self.input_name: x})
+        probs = self.decision.activate(outputs[0][:n])
+        if not self.scored:
+            return probs
+        return np.concatenate([probs, outputs[1][:n, None].astype(np.float64)], axis=1)
 
-    def predict(self, paths: str | Path | Sequence[str | Path], k: int = 1) -> list[Prediction]:
+    def rejection(self, reject: str | float = "auto") -> Reject | None:
+        """The rule that answers "unknown" (as :meth:`graft.Learner.rejection`)."""
+        return rejection(self.decision, reject, scored=self.scored)
+
+    def predict(
+        self, paths: str | Path | Sequence[str | Path], k: int = 1, reject: str | float = "auto"
+    ) -> list[Prediction]:
         """Predictions for image files and/or folders, answered as :meth:`graft.Learner.predict`
-        answers them (top-``k``, or every label at or above its threshold)."""
-        kept, probs = self.predict_probs(paths)
-        return decide(probs, kept, self.classes, self.decision, k)
+        answers them (top-``k``, or every label at or above its threshold; "unknown" past the
+        rule ``reject`` picks)."""
+        rule = self.rejection(reject)
+        kept, probs, scores = self.predict_outputs(paths)
+        return decide(probs, kept, self.classes, self.decision, k, scores, rule)
 
     def predict_probs(
         self, paths: str | Path | Sequence[str | Path], batch_size: int = 8
     ) -> tuple[list[Path], np.ndarray]:
         """Probabilities for image files and/or folders; undecodable files are warned about and
         left out. Returns ``(paths kept, probs)`` like :meth:`graft.Learner.predict_probs`."""
+        kept, probs, _ = self.predict_outputs(paths, batch_size)
+        return kept, probs
+
+    def predict_outputs(
+        self, paths: str | Path | Sequence[str | Path], batch_size: int = 8
+    ) -> tuple[list[Path], np.ndarray, np.ndarray | None]:
+        """:meth:`predict_probs` and each image's unknown score (None without the score output)."""
         files = expand_paths(paths)
         kept: list[Path] = []
         rows: list[np.ndarray] = []
@@ -137,8 +166,8 @@ class OnnxClassifier:
             if len(batch) == batch_size:
                 flush()
         flush()
-        probs = np.concatenate(rows) if rows else np.zeros((0, len(self.classes)))
-        return kept, probs
+        out = np.concatenate(rows) if rows else np.zeros((0, len(self.classes) + self.scored))
+        return (kept, out[:, :-1], out[:, -1]) if self.scored else (kept, out, None)
 
 
 def _checked_meta(text: str, session: Any) -> tuple[Mapping[str, Any], dict[str, Any]]:
@@ -174,6 +203,18 @@ def _checked_decision(meta: Mapping[str, Any], classes: list[str], path: Path) -
     if meta["format"] >= 2 and "decision" not in meta:
         raise GraftError(f"{path}: graft metadata: format {meta['format']} needs a decision")
     return Decision.from_dict(meta.get("decision"), classes, where=str(path))
+
+
+def _has_score(session: Any, path: Path) -> bool:
+    """Whether the graph's second output is the unknown score, ``(batch,)``; no other second
+    output is taken."""
+    outputs = session.get_outputs()
+    if len(outputs) == 1:
+        return False
+    if len(outputs) != 2 or outputs[1].name != SCORE_OUTPUT or len(outputs[1].shape) != 1:
+        found = ", ".join(f"{o.name} {list(o.shape)}" for o in outputs)
+        raise GraftError(f"{path}: the model's outputs are [{found}], not logits and {SCORE_OUTPUT}")
+    return True
 
 
 def _output_width(session: Any) -> int:

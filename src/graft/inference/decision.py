@@ -5,11 +5,17 @@ paths share it, so they answer alike.
 A :class:`Decision` is stored in a run's ``graft.json`` (key ``decision``) and in an export's
 metadata. It is read back as a user's file is: every field is checked, and a tampered one is a
 one-line :class:`~graft.infrastructure.errors.GraftError`.
+
+Beside the thresholds it carries the softmax's calibration temperature and the rule that answers
+"unknown" (:class:`Reject`: a threshold on the out-of-distribution score of
+:mod:`graft.inference.ood`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +24,31 @@ import numpy as np
 from graft.infrastructure.errors import GraftError
 
 DEFAULT_THRESHOLD = 0.5
+UNKNOWN = "unknown"
+# A temperature outside this range is not a calibration but a damaged file.
+TEMPERATURE_RANGE = (0.01, 100.0)
+SCORE_RANGE = (0.0, 2.0)  # a cosine distance
+
+
+@dataclass(frozen=True)
+class Reject:
+    """When an image is answered "unknown": its out-of-distribution score (the cosine distance of
+    its body features to the nearest training image's, :mod:`graft.inference.ood`) is above
+    ``threshold``.
+
+    Attributes:
+        threshold: Scores above it are rejected.
+        label: The answer given instead of a class.
+        chosen_by: How the threshold was chosen (e.g. ``"accepts 95% of val (153 images)"``).
+    """
+
+    threshold: float
+    label: str = UNKNOWN
+    chosen_by: str = ""
+
+    def rejected(self, scores: np.ndarray) -> np.ndarray:
+        """A bool per score: past the threshold (a NaN score, no features, is never rejected)."""
+        return np.asarray(scores, dtype=np.float64) > self.threshold
 
 
 @dataclass(frozen=True)
@@ -32,12 +63,18 @@ class Decision:
             class ``positive`` from which it is answered (None: the top class).
         positive: The class a binary threshold is on.
         chosen_by: How the thresholds were chosen (e.g. ``"max F1 on val"``), for the record.
+        temperature: Softmax logits are divided by it (temperature scaling, fitted on val:
+            :func:`graft.evaluation.calibration.fit_temperature`); 1 leaves them as they are.
+            Single-label only: multi-label calibration is its per-class thresholds.
+        reject: When to answer "unknown" instead of a class (None: never).
     """
 
     multi_label: bool = False
     thresholds: tuple[float, ...] | None = None
     positive: int = 1
     chosen_by: str = ""
+    temperature: float = 1.0
+    reject: Reject | None = None
 
     # Outputs to probabilities.
 
@@ -46,6 +83,7 @@ class Decision:
         z = np.asarray(logits, dtype=np.float64)
         if self.multi_label:
             return 0.5 * (1.0 + np.tanh(0.5 * z))  # the sigmoid, without overflow warnings
+        z = z / self.temperature
         z = z - z.max(axis=-1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=-1, keepdims=True)
@@ -103,6 +141,11 @@ class Decision:
                 d["positive"] = classes[self.positive]
         if self.chosen_by:
             d["chosen_by"] = self.chosen_by
+        if self.temperature != 1.0:
+            d["temperature"] = float(self.temperature)
+        if self.reject is not None:
+            r = self.reject
+            d["reject"] = {"threshold": float(r.threshold), "label": r.label, "chosen_by": r.chosen_by}
         return d
 
     @classmethod
@@ -122,6 +165,11 @@ class Decision:
 
         if not isinstance(d, dict) or not isinstance(d.get("multi_label", False), bool):
             raise bad("expected an object with a boolean 'multi_label'")
+        trust = {"temperature": _temperature(d, bad), "reject": _reject(d.get("reject"), classes, bad)}
+        return dataclasses.replace(cls._thresholds_from_dict(d, classes, bad), **trust)
+
+    @classmethod
+    def _thresholds_from_dict(cls, d: dict, classes: Sequence[str], bad) -> Decision:
         multi = d.get("multi_label", False)
         chosen_by = d.get("chosen_by", "")
         if not isinstance(chosen_by, str):
@@ -146,6 +194,34 @@ class Decision:
             raise bad(f"positive class {positive!r} is not one of {list(classes)}")
         t = _checked(d["threshold"], "threshold", bad)
         return cls(False, (t,), list(classes).index(positive), chosen_by)
+
+
+def _temperature(d: dict, bad) -> float:
+    if "temperature" not in d:
+        return 1.0
+    t = d["temperature"]
+    low, high = TEMPERATURE_RANGE
+    if isinstance(t, bool) or not isinstance(t, int | float) or not (low <= t <= high):
+        raise bad(f"temperature is {t!r}, not a number in [{low:g}, {high:g}]")
+    if d.get("multi_label", False) and t != 1.0:
+        raise bad("a multi-label model has no temperature (its thresholds are its calibration)")
+    return float(t)
+
+
+def _reject(r: object, classes: Sequence[str], bad) -> Reject | None:
+    if r is None:
+        return None
+    if not isinstance(r, dict):
+        raise bad("'reject' is not an object")
+    t, label, chosen_by = r.get("threshold"), r.get("label", UNKNOWN), r.get("chosen_by", "")
+    low, high = SCORE_RANGE
+    if isinstance(t, bool) or not isinstance(t, int | float) or not (low <= t <= high):
+        raise bad(f"the rejection threshold is {t!r}, not a distance in [{low:g}, {high:g}]")
+    if not isinstance(label, str) or not label.strip() or len(label) > 100 or label in classes:
+        raise bad(f"the rejection label {label!r} is empty, too long or one of the classes")
+    if not isinstance(chosen_by, str):
+        raise bad("the rejection's 'chosen_by' is not text")
+    return Reject(float(t), label, chosen_by)
 
 
 def _checked(value: object, what: str, bad) -> float:
@@ -196,3 +272,47 @@ def threshold_for_recall(scores: np.ndarray, positive: np.ndarray, recall: float
         raise GraftError("no positive example in val: cannot choose a threshold for a target recall")
     need = max(1, math.ceil(recall * len(pos) - 1e-9))
     return float(pos[need - 1])
+
+
+REJECT_CHOICES = ("auto", "off")
+
+
+def rejection(decision: Decision, reject: str | float = "auto", *, scored: bool) -> Reject | None:
+    """The rule that answers "unknown", as ``--reject`` asks: ``"auto"`` the run's stored rule,
+    ``"off"`` none, a number (or its text) a threshold on the score instead of the stored one.
+    ``scored``: whether the model computes the unknown score at all (a run saved before graft
+    stored reference features does not: ``"auto"`` then warns that rejection is unavailable).
+
+    Raises:
+        GraftError: For another word, a number outside the score's range, or a number for a
+            model without the score.
+    """
+    if isinstance(reject, str) and reject.strip().lower() in REJECT_CHOICES:
+        if reject.strip().lower() == "off":
+            return None
+        if not scored:
+            warnings.warn(
+                "this model stores no reference features (saved by an older graft, or its "
+                "model has no single linear head): no image is answered unknown",
+                stacklevel=2,
+            )
+        elif decision.reject is None:
+            warnings.warn(
+                "this model has no unknown threshold (training chooses one on val, unless "
+                "--unknown-accept 0): pass --reject VALUE to set one",
+                stacklevel=2,
+            )
+        return decision.reject if scored else None
+    try:
+        if isinstance(reject, bool):  # False would read as a threshold of 0: everything unknown
+            raise TypeError
+        value = float(reject)
+    except (TypeError, ValueError):
+        raise GraftError(f"--reject takes auto, off or a score threshold, not {reject!r}") from None
+    low, high = SCORE_RANGE
+    if not low <= value <= high:
+        raise GraftError(f"--reject {reject}: a score threshold is a cosine distance in [{low:g}, {high:g}]")
+    if not scored:
+        raise GraftError("--reject VALUE needs a model that stores reference features; this one does not")
+    label = decision.reject.label if decision.reject is not None else UNKNOWN
+    return Reject(value, label, "--reject")

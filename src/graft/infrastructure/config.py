@@ -268,6 +268,23 @@ class TrainConfig:
             "two classes: the positive class of --threshold/--target-recall (default: the smaller)"
         ),
     )
+    calibrate: bool = field(
+        default=True,
+        metadata=_opt(
+            "after training, fit a softmax temperature on val so confidences match accuracy "
+            "(single-label); --no-calibrate keeps the raw softmax"
+        ),
+    )
+    unknown_accept: float = field(
+        default=0.95,
+        metadata=_opt(
+            "the unknown threshold answers this share of val images (the rest, and anything further "
+            "from the training images, is answered unknown); 0: never answer unknown"
+        ),
+    )
+    unknown_label: str = field(
+        default="unknown", metadata=_opt("the answer for an image too far from every training image")
+    )
     patience: int | None = field(
         default=None, metadata=_opt("stop a phase after this many epochs without improvement")
     )
@@ -420,6 +437,8 @@ def _check_values(c: SimpleNamespace) -> None:
         (c.unfreeze_below is None or 0 < c.unfreeze_below <= 1, "unfreeze-below must be in (0, 1]"),
         (c.threshold is None or 0 <= c.threshold <= 1, "threshold must be in [0, 1]"),
         (c.target_recall is None or 0 < c.target_recall <= 1, "target-recall must be in (0, 1]"),
+        (0 <= c.unknown_accept <= 1, "unknown-accept must be in [0, 1]"),
+        (0 < len(str(c.unknown_label).strip()) <= 100, "unknown-label must be a name of 1 to 100 characters"),
     ]
     for ok, message in checks:
         if not ok:

@@ -19,8 +19,9 @@ from graft.data.selection import eval_samples, expand_paths
 from graft.data.transforms import Preprocessing, eval_transform
 from graft.evaluation.interpret import Interpretation
 from graft.evaluation.metrics import EvalResult
-from graft.inference.decision import Decision
-from graft.inference.predict import activate, sample_probs
+from graft.inference.decision import Decision, Reject, rejection
+from graft.inference.ood import Joined, Scored
+from graft.inference.predict import activate, sample_outputs
 from graft.inference.predictions import Prediction, decide
 from graft.infrastructure.config import INFERENCE_PRECISIONS, TrainConfig
 from graft.infrastructure.errors import GraftError
@@ -43,7 +44,11 @@ class Classifier:
         split: The exact split it was trained on (``ImageData.to_record()``), for evaluation.
         config: Its options (``workers`` and ``cache_features`` are read here).
         decision: How its outputs become answers: a softmax and the top class (or a binary
-            threshold), or a sigmoid per class and per-class thresholds (multi-label).
+            threshold), or a sigmoid per class and per-class thresholds (multi-label); the
+            calibration temperature; when to answer "unknown".
+        references: The training images' reference features of the unknown score
+            (:mod:`graft.inference.ood`), or None (a run saved before graft stored them, or a
+            model without a single linear head).
     """
 
     model: torch.nn.Module
@@ -55,8 +60,10 @@ class Classifier:
     split: dict | None
     config: TrainConfig
     decision: Decision
+    references: torch.Tensor | None
     _precision: str
     _fast: tuple[tuple, torch.nn.Module] | None
+    _scored: tuple[torch.Tensor, torch.nn.Module] | None = None
 
     def evaluate(
         self,
@@ -102,7 +109,7 @@ class Classifier:
         samples, source = eval_samples(
             data if data is not None else self.data, split, self.classes, self.split
         )
-        probs, kept = sample_probs(
+        out = sample_outputs(
             self.model,
             self.spec,
             self.preprocessing,
@@ -111,8 +118,9 @@ class Classifier:
             use_cache=self.config.cache_features,
             **self._inference_options(batch_size, workers, precision),
             tta=tta,
-            activation=self.decision.activation,
+            **self._calibrated(),
         )
+        probs, kept = out.probs, out.kept
         if probs.shape[0] == 0:
             probs = np.zeros((0, len(self.classes)))
         return Interpretation(
@@ -125,7 +133,16 @@ class Classifier:
             undecodable=len(samples) - len(kept),
             tta=2 if tta is True else int(tta),
             decision=self.decision,
+            scores=out.scores,
         )
+
+    def _calibrated(self) -> dict:
+        """The activation, temperature and reference features every prediction path applies."""
+        return {
+            "activation": self.decision.activation,
+            "temperature": self.decision.temperature,
+            "references": self.references,
+        }
 
     def _targets(self, labels: Sequence[int | tuple[int, ...] | None]) -> np.ndarray:
         """The samples' labels as an ``(n,)`` class index array, or for a multi-label model an
@@ -146,21 +163,31 @@ class Classifier:
         batch_size: int | None = None,
         workers: int | None = None,
         precision: str | None = None,
+        reject: str | float = "auto",
     ) -> list[Prediction]:
         """Predictions for image files and/or folders (searched recursively).
 
         Single-label: the answered class (the top one, or the one the binary threshold picks),
         then the next most likely up to ``k`` classes. Multi-label: every class at or above its
         threshold, most probable first, possibly none (``k`` is ignored; see
-        :class:`~graft.inference.predictions.Prediction`).
+        :class:`~graft.inference.predictions.Prediction`). Probabilities are calibrated (the
+        run's temperature), and each prediction carries its unknown score.
 
         Undecodable files are warned about and left out. ``tta``, ``batch_size``, ``workers``,
-        ``precision``: see :meth:`evaluate`.
+        ``precision``: see :meth:`evaluate`. ``reject``: ``"auto"`` answers "unknown" past the
+        run's threshold, ``"off"`` never, a number past that threshold instead
+        (:func:`~graft.inference.decision.rejection`).
         """
-        kept, probs = self.predict_probs(
+        rule = self.rejection(reject)
+        kept, probs, scores = self.predict_outputs(
             paths, tta=tta, batch_size=batch_size, workers=workers, precision=precision
         )
-        return decide(probs, kept, self.classes, self.decision, k)
+        return decide(probs, kept, self.classes, self.decision, k, scores, rule)
+
+    def rejection(self, reject: str | float = "auto") -> Reject | None:
+        """The rule that answers "unknown" for ``reject`` (see :meth:`predict`), warning when the
+        run cannot score images."""
+        return rejection(self.decision, reject, scored=self.references is not None)
 
     def predict_probs(
         self,
@@ -178,19 +205,34 @@ class Classifier:
         Returns:
             ``(paths, probs)``: the images that could be decoded, and one row of probabilities each.
         """
+        kept, probs, _ = self.predict_outputs(
+            paths, tta=tta, batch_size=batch_size, workers=workers, precision=precision
+        )
+        return kept, probs
+
+    def predict_outputs(
+        self,
+        paths: str | Path | Sequence[str | Path],
+        *,
+        tta: bool | int = False,
+        batch_size: int | None = None,
+        workers: int | None = None,
+        precision: str | None = None,
+    ) -> tuple[list[Path], np.ndarray, np.ndarray | None]:
+        """:meth:`predict_probs` and each image's unknown score (None without reference features)."""
         samples = [Sample(p, None) for p in expand_paths(paths)]
-        probs, kept = sample_probs(
+        out = sample_outputs(
             self.model,
             self.spec,
             self.preprocessing,
             samples,
             self.device,
-            fast=self._inference_model(),
+            fast=self._scored_model(),
             **self._inference_options(batch_size, workers, precision),
             tta=tta,
-            activation=self.decision.activation,
+            **self._calibrated(),
         )
-        return [samples[i].path for i in kept], probs
+        return [samples[i].path for i in out.kept], out.probs, out.scores
 
     def _inference_options(self, batch_size: int | None, workers: int | None, precision: str | None) -> dict:
         """The forward passes' batch size, workers and precision: the arguments, checked, or this
@@ -207,19 +249,29 @@ class Classifier:
             else check_precision(precision, self.device, INFERENCE_PRECISIONS),
         }
 
-    @torch.inference_mode()
     def predict_images(self, images: Sequence[Image.Image | torch.Tensor]) -> np.ndarray:
-        """Class probabilities (rows in input order) for decoded RGB images held in memory, as
-        a server receives them; preprocessing as in :meth:`predict_probs`, in one batch. A tensor
-        is taken as already preprocessed (the eval transform's output)."""
+        """Calibrated class probabilities (rows in input order) for decoded RGB images held in
+        memory, as a server receives them; preprocessing as in :meth:`predict_probs`, in one
+        batch. A tensor is taken as already preprocessed (the eval transform's output)."""
+        out = self.predict_images_scored(images)
+        return out if self.references is None else out[:, :-1]
+
+    @torch.inference_mode()
+    def predict_images_scored(self, images: Sequence[Image.Image | torch.Tensor]) -> np.ndarray:
+        """:meth:`predict_images` with each image's unknown score as one more, last column (no
+        extra column without reference features)."""
+        scored = self.references is not None
         if not images:
-            return np.zeros((0, len(self.classes)))
+            return np.zeros((0, len(self.classes) + scored))
         transform = eval_transform(self.preprocessing)
         x = torch.stack([im if isinstance(im, torch.Tensor) else transform(im) for im in images])
         x = channels_last(x.to(self.device))
         with autocast(self.device, self.precision):
-            logits = self._inference_model()(x)
-        return activate(logits, self.decision.activation)
+            out = self._scored_model()(x).float()
+        logits = out[:, :-1] if scored else out
+        d = self.decision
+        probs = activate(logits / d.temperature if d.activation == "softmax" else logits, d.activation)
+        return np.concatenate([probs, out[:, -1:].double().cpu().numpy()], axis=1) if scored else probs
 
     def _inference_model(self) -> torch.nn.Module:
         """The BatchNorm-folded copy used for prediction, rebuilt only when the weights changed
@@ -229,7 +281,22 @@ class Classifier:
         stamp = tuple((t.data_ptr(), t._version) for t in state.values())
         if self._fast is None or self._fast[0] != stamp:
             self._fast = (stamp, inference_model(self.model, self.preprocessing.input_size, self.device))
+            self._scored = None
         return self._fast[1]
+
+    def _scored_model(self) -> torch.nn.Module:
+        """:meth:`_inference_model` with the unknown score as one more output column."""
+        fast = self._inference_model()
+        if self.references is None:
+            return fast
+        if self._scored is None or self._scored[0] is not self.references:
+            self._scored = (self.references, Joined(Scored(fast, self.spec, self.references.to(self.device))))
+        return self._scored[1]
+
+    @property
+    def scored(self) -> bool:
+        """Whether its predictions carry the unknown score (the run stores reference features)."""
+        return self.references is not None
 
     @property
     def multi_label(self) -> bool:

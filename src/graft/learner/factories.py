@@ -18,6 +18,7 @@ from graft.data.stats import channel_stats
 from graft.data.transforms import Preprocessing
 from graft.engine.checkpoint import checkpoint_meta
 from graft.inference.decision import Decision
+from graft.inference.ood import REFERENCES_KEY, check_references
 from graft.infrastructure.checks import texts
 from graft.infrastructure.config import NORMALIZE, ResolvedConfig, TrainConfig
 from graft.infrastructure.distributed import main_first
@@ -58,7 +59,10 @@ class RunRecord:
         metrics: The run's numbers (best epoch, val and test accuracy, time...).
         precision_plan: The arithmetic each kind of training work ran in.
         run_dir: The run folder it was read from or saved to.
-        decision: How its outputs become labels (softmax or sigmoids, thresholds).
+        decision: How its outputs become labels (softmax or sigmoids, thresholds, temperature,
+            the unknown rule).
+        references: The unknown score's reference features (None: a run saved before graft
+            stored them, or a model without a single linear head).
     """
 
     config: TrainConfig
@@ -69,6 +73,7 @@ class RunRecord:
     precision_plan: dict | None = None
     run_dir: Path | None = None
     decision: Decision = field(default_factory=Decision)
+    references: torch.Tensor | None = None
 
 
 def build_network(data: ImageData, cfg: TrainConfig) -> Network:
@@ -125,6 +130,7 @@ def read_run(run_dir: str | Path) -> tuple[Network, RunRecord]:
         GraftError: If the folder is not a valid run, or its weights were modified.
     """
     state_dict, meta = load_bundle(run_dir)
+    references = state_dict.pop(REFERENCES_KEY, None)
     try:
         spec, pre, classes = _checked_run(meta, state_dict)
     except GraftError as e:
@@ -146,8 +152,23 @@ def read_run(run_dir: str | Path) -> tuple[Network, RunRecord]:
         precision_plan=meta.get("precision"),
         run_dir=Path(run_dir),
         decision=decision,
+        references=_checked_references(references, model, spec, run_dir),
     )
     return Network(model.eval(), spec, pre, classes), record
+
+
+def _checked_references(
+    refs: torch.Tensor | None, model: torch.nn.Module, spec: ModelSpec, run_dir: str | Path
+) -> torch.Tensor | None:
+    """The stored reference features, if they fit the model's feature width (a run saved before
+    graft stored them has none: it predicts without the unknown score)."""
+    if refs is None:
+        return None
+    try:
+        check_references(model, spec, refs)
+    except GraftError as e:
+        raise GraftError(f"{run_dir}: {e}") from None
+    return refs
 
 
 def _checked_run(meta: dict, state_dict: dict) -> tuple[ModelSpec, Preprocessing, list[str]]:

@@ -34,6 +34,7 @@ from graft.engine.trainer import FitResult, fit
 from graft.evaluation.metrics import EvalResult
 from graft.features.extract import feature_head
 from graft.inference.decision import Decision
+from graft.inference.ood import REFERENCES_KEY
 from graft.infrastructure.config import DEFAULT_LR, ResolvedConfig, TrainConfig
 from graft.infrastructure.distributed import broadcast, local, main_only, world
 from graft.infrastructure.errors import GraftError
@@ -50,6 +51,7 @@ from graft.learner.factories import (
 )
 from graft.learner.thresholds import check_decision_options, choose_decision
 from graft.learner.timing import plan_by_time
+from graft.learner.trust import measure_trust
 from graft.models import body_blocks
 from graft.models.split import default_top
 
@@ -139,6 +141,7 @@ class Learner(Classifier):
         self.precision_plan = record.precision_plan
         self.run_dir: Path | None = record.run_dir or (Path(record.config.out) if record.config.out else None)
         self.decision: Decision = record.decision
+        self.references = record.references
         if data is not None and data.multi_label != self.decision.multi_label:
             self.decision = Decision(multi_label=data.multi_label)  # chosen on val by fit
         self.precision = precision
@@ -235,12 +238,20 @@ class Learner(Classifier):
             metrics=metrics,
         )
         self.config, self.resolved_config = request, run
+        trust = measure_trust(self.model, self.spec, self.preprocessing, self.data, run, self.device)
+        self.references = trust.references
+        self.decision = trust.applied(Decision(multi_label=self.data.multi_label))
         self.decision, at_thresholds = self._chosen_decision(run)
+        for line in trust.lines:
+            log(line)
         self.history = result.history
         self.precision_plan = result.precision.to_dict()
         self.lr_finder = found
         self.metrics = (
-            _fit_metrics(result, time.perf_counter() - start, resumed_after) | at_thresholds | timing
+            _fit_metrics(result, time.perf_counter() - start, resumed_after)
+            | at_thresholds
+            | timing
+            | trust.metrics
         )
         if found is not None:
             self.metrics["lr_found"] = run.lr
@@ -248,16 +259,17 @@ class Learner(Classifier):
 
     def _chosen_decision(self, run: ResolvedConfig) -> tuple[Decision, dict]:
         """The decision (thresholds) the trained weights get, chosen on the val split's
-        predictions, and for multi-label data the val F1 scores at those thresholds (the
+        predictions (calibrated by the temperature ``self.decision`` holds, which it keeps, as its
+        unknown rule), and for multi-label data the val F1 scores at those thresholds (the
         history's are at 0.5)."""
-        self.decision = Decision(multi_label=self.data.multi_label)  # plain probabilities first
         if not self.data.multi_label and run.threshold is None and run.target_recall is None:
             return self.decision, {}
         probs, targets = np.zeros((0, len(self.classes))), np.zeros(0)
         if self.data.splits.get("val"):
             interp = self.interpret(self.data, "val", precision="fp32")
             probs, targets = interp.probs, interp.labels
-        decision = choose_decision(run, self.data, probs, targets)
+        trust = {"temperature": self.decision.temperature, "reject": self.decision.reject}
+        decision = dataclasses.replace(choose_decision(run, self.data, probs, targets), **trust)
         if not self.data.multi_label or not len(probs):
             return decision, {}
         at = EvalResult.from_predictions(probs, targets, self.classes, decision=decision)
@@ -272,7 +284,6 @@ class Learner(Classifier):
         """What ``request`` runs as on this learner, and the checkpoint of this very run to go on
         from (its options then, but for those that may change between a run and its resume)."""
         run = self.resolve_config(request)
-        check_decision_options(run, self.data)
         built = self.config  # the options this learner's network was built with
         if run.mode == "scratch" and built.pretrained and built.mode != "scratch":
             raise GraftError("mode 'scratch' needs a learner built with pretrained=False")
@@ -345,6 +356,7 @@ class Learner(Classifier):
         )
         if run.unfreeze and run.unfreeze != ["all"]:
             select_blocks([name for name, _ in body_blocks(self.model, self.spec)], run.unfreeze)
+        check_decision_options(run, self.data)
         return run
 
     def default_top(self) -> list[str]:
@@ -371,7 +383,10 @@ class Learner(Classifier):
             "precision": self.precision_plan,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        path = save_bundle(run_dir, self.model.state_dict(), meta, self.history)
+        tensors = self.model.state_dict()
+        if self.references is not None:
+            tensors = {**tensors, REFERENCES_KEY: self.references}
+        path = save_bundle(run_dir, tensors, meta, self.history)
         self.run_dir = Path(run_dir)
         return path
 

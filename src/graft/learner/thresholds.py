@@ -16,8 +16,8 @@ def check_decision_options(cfg: TrainConfig, data: ImageData) -> None:
 
     Raises:
         GraftError: ``--threshold``/``--target-recall``/``--positive`` on single-label data
-            without exactly two classes, ``--target-recall`` on multi-label data, or an unknown
-            ``--positive`` class.
+            without exactly two classes, ``--target-recall`` on multi-label data, an unknown
+            ``--positive`` class, or an ``--unknown-label`` that names a class.
     """
     two = len(data.classes) == 2 and not data.multi_label
     if cfg.target_recall is not None and not two:
@@ -28,6 +28,8 @@ def check_decision_options(cfg: TrainConfig, data: ImageData) -> None:
         )
     if cfg.positive is not None and (not two or cfg.positive not in data.classes):
         raise GraftError(f"--positive must name one of two classes: {', '.join(data.classes)}")
+    if cfg.unknown_label in data.classes:
+        raise GraftError(f"--unknown-label {cfg.unknown_label!r} is one of the classes: choose another name")
 
 
 def positive_class(cfg: TrainConfig, data: ImageData) -> int:

@@ -34,7 +34,7 @@ from starlette.requests import ClientDisconnect
 
 from graft.data.images import load_image
 from graft.data.transforms import eval_transform
-from graft.inference.decision import Decision
+from graft.inference.decision import Decision, Reject
 from graft.inference.predictions import decide
 from graft.infrastructure.errors import GraftError
 from graft.serving.batcher import Batcher
@@ -160,11 +160,14 @@ def create_app(
     max_batch: int = 16,
     max_wait_ms: float = 5.0,
     max_request_mpx: float = 2000.0,
+    reject: str | float = "auto",
 ) -> FastAPI:
     """The app serving the run in ``run_dir``.
 
     Args:
         precision: Arithmetic of the forward passes (see :attr:`graft.Learner.precision`).
+        reject: When to answer "unknown" (``auto``, ``off`` or a score threshold; see
+            :meth:`graft.Learner.predict`).
         max_upload_mb: Largest request body accepted.
         max_files: Most images in one request.
         max_batch: Most images per forward pass across concurrent requests.
@@ -185,8 +188,10 @@ def create_app(
         max_request_mpx=max_request_mpx,
     )
     learn = load_learner(run_dir, device=device, precision=precision)
+    rule = learn.rejection(reject)
     pre = learn.preprocessing
-    batcher = Batcher(learn.predict_images, max_batch=max_batch, max_wait=max_wait_ms / 1000)
+    # With the unknown score, each row's last column is the score (split off in _answers).
+    batcher = Batcher(learn.predict_images_scored, max_batch=max_batch, max_wait=max_wait_ms / 1000)
     budget = PixelBudget(DECODE_BUDGET_PIXELS)
     limits = {"max_upload_mb": max_upload_mb, "max_files": max_files, "max_request_mpx": max_request_mpx}
     info = {
@@ -194,6 +199,7 @@ def create_app(
         "classes": learn.classes,
         "preprocessing": pre.to_dict(),
         "decision": learn.decision.to_dict(learn.classes),
+        "reject": None if rule is None else {"threshold": rule.threshold, "label": rule.label},
         "metrics": learn.metrics,
         "precision": learn.precision,
         "limits": {**limits, "formats": sorted(ALLOWED_FORMATS)},
@@ -241,8 +247,10 @@ def create_app(
             return error(e.status, str(e))
         finally:
             await form.close()
-        probs = await batcher(tensors)
-        return {"predictions": _answers(names, probs, learn.classes, top_k, learn.decision)}
+        out = await batcher(tensors)
+        scores = out[:, -1] if learn.scored else None
+        probs = out[:, :-1] if learn.scored else out
+        return {"predictions": _answers(names, probs, learn.classes, top_k, learn.decision, scores, rule)}
 
     return app
 
@@ -285,10 +293,19 @@ class _ImageReader:
         return names, tensors
 
 
-def _answers(names: list[str], probs, classes: list[str], k: int, decision: Decision) -> list[dict]:
+def _answers(
+    names: list[str],
+    probs,
+    classes: list[str],
+    k: int,
+    decision: Decision,
+    scores=None,
+    reject: Reject | None = None,
+) -> list[dict]:
     """Each image's answered labels and its ``k`` best classes, as ``graft predict`` answers and
-    orders them (both use :func:`~graft.inference.predictions.decide`; ties in class order)."""
-    answered = decide(probs, names, classes, decision, k)
+    orders them (both use :func:`~graft.inference.predictions.decide`; ties in class order); a
+    rejected image's ``label`` is the unknown label, with ``unknown`` true."""
+    answered = decide(probs, names, classes, decision, k, scores, reject)
     # Multi-label: the top-k list is the classes by probability, beside the thresholded answer.
     ranked = decide(probs, names, classes, Decision(), k) if decision.multi_label else answered
     out = []
@@ -298,7 +315,13 @@ def _answers(names: list[str], probs, classes: list[str], k: int, decision: Deci
         if not decision.multi_label:
             labels = top[:1]
         first = labels[0] if labels else {"label": "", "prob": 0.0}
-        out.append({"filename": name, **first, "labels": labels, "top": top})
+        if answer.unknown:
+            first = {"label": answer.unknown, "prob": first["prob"]}
+        trust = {
+            "unknown": bool(answer.unknown),
+            "score": None if answer.score is None else round(answer.score, 6),
+        }
+        out.append({"filename": name, **first, "labels": labels, "top": top, **trust})
     return out
 
 

@@ -26,7 +26,12 @@ class Prediction(BaseModel):
     for a multi-label model every class at or above its threshold, most probable first, possibly
     none. ``label`` and ``prob`` are its first entry (``""`` and 0.0 when it is empty). ``top``
     is the ``top_k`` classes: the answered one first, then by probability (multi-label: by
-    probability, whatever the thresholds).
+    probability, whatever the thresholds). Probabilities are calibrated (the run's temperature).
+
+    ``score`` is the image's unknown score (the cosine distance of its features to the nearest
+    training image's; null for a run that stores none). When it is past the rejection threshold,
+    ``unknown`` is true and ``label`` is the unknown label (``prob``, ``labels`` and ``top`` still
+    say what the classes alone would answer).
     """
 
     filename: str
@@ -34,6 +39,8 @@ class Prediction(BaseModel):
     prob: float
     labels: list[Label]
     top: list[Label]
+    unknown: bool = False
+    score: float | None = None
 
 
 class Predictions(BaseModel):

@@ -23,6 +23,7 @@ from typing import Any
 from graft.data.dataset import ImageData
 from graft.engine import run_folder
 from graft.engine.checkpoint import CHECKPOINT_FILE, remove_checkpoint
+from graft.evaluation.bootstrap import interval_text
 from graft.evaluation.interpret import Interpretation
 from graft.infrastructure import distributed
 from graft.infrastructure.config import BALANCE_RATIO, ResolvedConfig, TrainConfig
@@ -196,7 +197,11 @@ def _val_scores(m: dict, multi_label: bool) -> str:
         if multi_label
         else [("val_acc", "accuracy"), ("val_bal_acc", "balanced accuracy"), ("val_macro_f1", "macro F1")]
     )
-    parts = [f"{label} {m[key]:.4f}" for key, label in names if isinstance(m.get(key), float)]
+    ranges = m.get("val_intervals") or {}
+    parts = [
+        f"{label} {m[key]:.4f}{_interval(ranges.get(INTERVAL_KEYS[key]), first=not i)}"
+        for i, (key, label) in enumerate((k, n) for k, n in names if isinstance(m.get(k), float))
+    ]
     if multi_label:
         parts = [p.replace("F1", "F1 at 0.5").replace("exact match", "exact match at 0.5") for p in parts]
         tuned = [
@@ -209,6 +214,23 @@ def _val_scores(m: dict, multi_label: bool) -> str:
         ]
         parts += [f"at the chosen thresholds: {', '.join(tuned)};"] if tuned else []
     return "  ".join([*parts, f"loss {m['val_loss']:.4f}"])
+
+
+# The val metrics' names in graft.json's metrics and in their bootstrap intervals.
+INTERVAL_KEYS = {
+    "val_acc": "accuracy",
+    "val_bal_acc": "balanced_accuracy",
+    "val_macro_f1": "macro_f1",
+    "val_micro_f1": "micro_f1",
+    "val_map": "map",
+}
+
+
+def _interval(pair: list | None, first: bool) -> str:
+    """`` [95% CI 0.93-0.99]`` after the first metric, `` [0.93-0.99]`` after the others."""
+    if not pair or None in pair:
+        return ""
+    return interval_text((float(pair[0]), float(pair[1])), first=first)
 
 
 def _thresholds(learn: Learner) -> str:
