@@ -20,7 +20,6 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from graft.data.dataset import ImageData
@@ -31,7 +30,6 @@ from graft.engine.metrics import Metric
 from graft.engine.optim import select_blocks
 from graft.engine.passes import LossFn
 from graft.engine.trainer import FitResult, fit
-from graft.evaluation.metrics import EvalResult
 from graft.features.extract import feature_head
 from graft.inference.decision import Decision
 from graft.inference.ood import REFERENCES_KEY
@@ -49,7 +47,7 @@ from graft.learner.factories import (
     read_checkpoint_run,
     read_run,
 )
-from graft.learner.thresholds import check_decision_options, choose_decision
+from graft.learner.thresholds import check_decision_options, chosen_decision
 from graft.learner.timing import plan_by_time
 from graft.learner.trust import measure_trust
 from graft.models import body_blocks
@@ -241,7 +239,7 @@ class Learner(Classifier):
         trust = measure_trust(self.model, self.spec, self.preprocessing, self.data, run, self.device)
         self.references = trust.references
         self.decision = trust.applied(Decision(multi_label=self.data.multi_label))
-        self.decision, at_thresholds = self._chosen_decision(run)
+        self.decision, at_thresholds = chosen_decision(self, run)
         for line in trust.lines:
             log(line)
         self.history = result.history
@@ -256,27 +254,6 @@ class Learner(Classifier):
         if found is not None:
             self.metrics["lr_found"] = run.lr
         return self.history
-
-    def _chosen_decision(self, run: ResolvedConfig) -> tuple[Decision, dict]:
-        """The decision (thresholds) the trained weights get, chosen on the val split's
-        predictions (calibrated by the temperature ``self.decision`` holds, which it keeps, as its
-        unknown rule), and for multi-label data the val F1 scores at those thresholds (the
-        history's are at 0.5)."""
-        if not self.data.multi_label and run.threshold is None and run.target_recall is None:
-            return self.decision, {}
-        probs, targets = np.zeros((0, len(self.classes))), np.zeros(0)
-        if self.data.splits.get("val"):
-            interp = self.interpret(self.data, "val", precision="fp32")
-            probs, targets = interp.probs, interp.labels
-        trust = {"temperature": self.decision.temperature, "reject": self.decision.reject}
-        decision = dataclasses.replace(choose_decision(run, self.data, probs, targets), **trust)
-        if not self.data.multi_label or not len(probs):
-            return decision, {}
-        at = EvalResult.from_predictions(probs, targets, self.classes, decision=decision)
-        return decision, {
-            "val_macro_f1_at_thresholds": at.macro_f1,
-            "val_micro_f1_at_thresholds": at.micro_f1,
-        }
 
     def _resolve(
         self, request: TrainConfig, checkpoint: str | Path | None

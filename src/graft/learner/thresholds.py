@@ -3,12 +3,19 @@ a threshold on the positive class of a two-class model (``--threshold``, ``--tar
 
 from __future__ import annotations
 
+import dataclasses
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from graft.data.dataset import ImageData
+from graft.evaluation.metrics import EvalResult
 from graft.inference.decision import Decision, best_f1_thresholds, threshold_for_recall
 from graft.infrastructure.config import TrainConfig
 from graft.infrastructure.errors import GraftError
+
+if TYPE_CHECKING:
+    from graft.learner.learner import Learner
 
 
 def check_decision_options(cfg: TrainConfig, data: ImageData) -> None:
@@ -70,3 +77,26 @@ def choose_decision(cfg: TrainConfig, data: ImageData, probs: np.ndarray, target
     return Decision(
         False, (t,), positive, f"recall >= {cfg.target_recall:g} of {data.classes[positive]!r} on val ({n})"
     )
+
+
+def chosen_decision(learn: Learner, run: TrainConfig) -> tuple[Decision, dict]:
+    """The decision (thresholds) ``learn``'s trained weights get, chosen on the val split's
+    predictions (calibrated by the temperature ``learn.decision`` holds, which it keeps, as its
+    unknown rule), and for multi-label data the val F1 scores at those thresholds (the
+    history's are at 0.5)."""
+    data, classes = learn.data, learn.classes
+    if not data.multi_label and run.threshold is None and run.target_recall is None:
+        return learn.decision, {}
+    probs, targets = np.zeros((0, len(classes))), np.zeros(0)
+    if data.splits.get("val"):
+        interp = learn.interpret(data, "val", precision="fp32")
+        probs, targets = interp.probs, interp.labels
+    trust = {"temperature": learn.decision.temperature, "reject": learn.decision.reject}
+    decision = dataclasses.replace(choose_decision(run, data, probs, targets), **trust)
+    if not data.multi_label or not len(probs):
+        return decision, {}
+    at = EvalResult.from_predictions(probs, targets, classes, decision=decision)
+    return decision, {
+        "val_macro_f1_at_thresholds": at.macro_f1,
+        "val_micro_f1_at_thresholds": at.micro_f1,
+    }

@@ -252,6 +252,8 @@ def _confidence(interp: Interpretation, pngs: dict, _k: int) -> str:
     note = f"temperature T = {t:.4f}: the calibrated probabilities are softmax(logits / T)"
     if t == 1.0:
         note = "no temperature stored (T = 1): the probabilities are the model's own"
+    if interp.source.endswith("(val)"):  # what the run chose on val, measured on val again
+        note += "; T and the unknown threshold were chosen on these val images, so they flatter it"
     rows = [
         [
             name,
