@@ -179,8 +179,11 @@ def test_summary_and_per_class_show_balanced_accuracy_and_macro_f1(trained, repo
     _, parsed = report
     result = learn.evaluate()
     facts = summary_facts(parsed)
-    assert facts["balanced accuracy"] == f"{result.balanced_accuracy:.4f}"
-    assert facts["macro F1"] == f"{result.macro_f1:.4f}"
+    # Each score with its 95% bootstrap interval, as graft evaluate prints it.
+    low, high = result.intervals["balanced_accuracy"]
+    assert facts["balanced accuracy"] == f"{result.balanced_accuracy:.4f} [{low:.3f}-{high:.3f}]"
+    low, high = result.intervals["macro_f1"]
+    assert facts["macro F1"] == f"{result.macro_f1:.4f} [{low:.3f}-{high:.3f}]"
     assert "ROC AUC / AP" not in facts  # three classes: no single positive class
 
 
@@ -265,8 +268,12 @@ def test_multi_label_tables_agree_with_the_result(multi_label_report):
     result = interp.result
     facts = summary_facts(parsed)
     assert facts["exact match"].startswith(f"{result.accuracy:.4f}")
-    assert facts["micro F1 / macro F1"] == f"{result.micro_f1:.4f} / {result.macro_f1:.4f}"
-    assert facts["mean average precision"] == f"{result.mean_ap:.4f}"
+    (lo1, hi1), (lo2, hi2) = result.intervals["micro_f1"], result.intervals["macro_f1"]
+    assert facts["micro F1 / macro F1"] == (
+        f"{result.micro_f1:.4f} [{lo1:.3f}-{hi1:.3f}] / {result.macro_f1:.4f} [{lo2:.3f}-{hi2:.3f}]"
+    )
+    low, high = result.intervals["map"]
+    assert facts["mean average precision"] == f"{result.mean_ap:.4f} [{low:.3f}-{high:.3f}]"
     rows = parsed.tables["per-class-table"]
     assert rows[0] == ["class", "precision", "recall", "F1", "AP", "support", "answered", "threshold"]
     assert [r[-1] for r in rows[1:]] == ["0.500", "0.450", "0.500"]

@@ -156,15 +156,46 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"input:        {pre['input_size']}px {pre['interpolation']}, crop {pre['crop_pct']}, "
         f"mean {pre['mean']}, std {pre['std']}",
         "precision:    " + (PrecisionPlan.from_dict(precision).describe() if precision else "not recorded"),
-        "metrics:      "
-        + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()),
+        "metrics:      " + _metrics_line(m),
         *_decision_lines(meta.get("decision")),
+        *_trust_lines(meta.get("decision")),
         f"created:      {meta.get('created', '?')} with "
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
         f"weights:      sha256 {meta['weights_sha256']}",
     ]
     print("\n".join(lines))
     return 0
+
+
+def _metrics_line(m: dict) -> str:
+    """graft info's metrics, each val score with its 95% bootstrap interval where recorded."""
+    from graft.workflows.train import INTERVAL_KEYS
+
+    ranges = m.get("val_intervals") if isinstance(m.get("val_intervals"), dict) else {}
+    parts = []
+    for k, v in m.items():
+        if k == "val_intervals":
+            continue
+        pair = ranges.get(INTERVAL_KEYS.get(k, ""))
+        ci = (
+            f" [{pair[0]:.3f}-{pair[1]:.3f}]"
+            if isinstance(pair, list) and len(pair) == 2 and None not in pair
+            else ""
+        )
+        parts.append(f"{k} {v:.4f}{ci}" if isinstance(v, float) else f"{k} {v}")
+    return ", ".join(parts)
+
+
+def _trust_lines(decision: dict | None) -> list[str]:
+    """graft info's lines on the calibration temperature and the unknown rule (shown as stored)."""
+    d = decision if isinstance(decision, dict) else {}
+    lines = [f"calibration:  temperature {d['temperature']}"] if "temperature" in d else []
+    r = d.get("reject")
+    if isinstance(r, dict):
+        lines.append(
+            f"unknown:      {r.get('label')!r} past score {r.get('threshold')} ({r.get('chosen_by', '')})"
+        )
+    return lines
 
 
 def _decision_lines(decision: dict | None) -> list[str]:

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from graft.evaluation.bootstrap import interval_text
 from graft.evaluation.interpret import Interpretation
 from graft.infrastructure.errors import GraftError
 from graft.infrastructure.fileio import atomic_write_text, cannot_write
@@ -225,19 +226,32 @@ def _scores(interp: Interpretation) -> list[list[str]]:
     result, decision = interp.result, interp.decision
     chosen = f" ({decision.chosen_by})" if decision.chosen_by else ""
     if interp.multi_label:
+        ci = result.intervals
         return [
-            ["exact match", f"{fmt(result.accuracy)} (loss {fmt(result.loss)}, binary cross-entropy)"],
-            ["micro F1 / macro F1", f"{fmt(result.micro_f1)} / {fmt(result.macro_f1)}"],
-            ["mean average precision", fmt(result.mean_ap)],
+            [
+                "exact match",
+                f"{fmt(result.accuracy)}{interval_text(ci.get('accuracy'), True)} "
+                f"(loss {fmt(result.loss)}, binary cross-entropy)",
+            ],
+            [
+                "micro F1 / macro F1",
+                f"{fmt(result.micro_f1)}{interval_text(ci.get('micro_f1'))} / "
+                f"{fmt(result.macro_f1)}{interval_text(ci.get('macro_f1'))}",
+            ],
+            ["mean average precision", fmt(result.mean_ap) + interval_text(ci.get("map"))],
             [
                 "thresholds",
                 ("per class, see below" if decision.thresholds else "0.5 for every class") + chosen,
             ],
         ]
+    ci = result.intervals
     rows = [
-        ["accuracy", f"{fmt(result.accuracy)} (loss {fmt(result.loss)})"],
-        ["balanced accuracy", fmt(result.balanced_accuracy)],
-        ["macro F1", fmt(result.macro_f1)],
+        [
+            "accuracy",
+            f"{fmt(result.accuracy)}{interval_text(ci.get('accuracy'), True)} (loss {fmt(result.loss)})",
+        ],
+        ["balanced accuracy", fmt(result.balanced_accuracy) + interval_text(ci.get("balanced_accuracy"))],
+        ["macro F1", fmt(result.macro_f1) + interval_text(ci.get("macro_f1"))],
     ]
     if result.roc_auc is not None:
         positive = interp.classes[decision.positive]
