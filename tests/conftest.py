@@ -143,3 +143,16 @@ def loopback_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(download, "expected_hash", served_prefix)
     yield hub
     hub.stop()
+
+
+def tiny_run(root: Path, train: dict[str, int], val: dict[str, int]):
+    """A Lite0 run trained for seconds (frozen body, 32 px, fp32) on generated images of solid
+    colours in ``root/train`` and ``root/val``; returns the fitted learner."""
+    from graft import ImageData, Learner
+
+    make_image_folder(root / "train", train, size=(50, 40), seed=1)
+    make_image_folder(root / "val", val, size=(50, 40), seed=2)
+    learn = Learner(ImageData.from_folder(root), "tf_efficientnet_lite0", input_size=32, seed=0)
+    fast = {"batch_size": 8, "lr": 0.02, "augment": False, "workers": 0, "precision": "fp32"}
+    learn.fit(mode="features", epochs=2, **fast, log=lambda _: None)
+    return learn

@@ -11,11 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from graft import ImageData, Learner, load_learner
+from graft import load_learner
 from graft.cli.main import main
 from graft.export.onnx_runtime import META_KEY, SCORE_OUTPUT, OnnxClassifier
 from graft.serving.app import create_app
-from tests.conftest import make_image_folder
+from tests.conftest import make_image_folder, tiny_run
 
 TOLERANCE = 1e-4
 
@@ -25,19 +25,7 @@ def run(tmp_path_factory):
     """A run on red, green and blue images (24 val images: it gets a temperature and a reject
     rule), and the images to compare on: new ones of the three colours and outside ones."""
     root = tmp_path_factory.mktemp("parity")
-    make_image_folder(root / "train", {"red": 8, "green": 8, "blue": 8}, size=(50, 40), seed=1)
-    make_image_folder(root / "val", {"red": 8, "green": 8, "blue": 8}, size=(50, 40), seed=2)
-    learn = Learner(ImageData.from_folder(root), "tf_efficientnet_lite0", input_size=32, seed=0)
-    learn.fit(
-        mode="features",
-        epochs=2,
-        batch_size=8,
-        lr=0.02,
-        augment=False,
-        workers=0,
-        precision="fp32",
-        log=lambda _: None,
-    )
+    learn = tiny_run(root, {"red": 8, "green": 8, "blue": 8}, {"red": 8, "green": 8, "blue": 8})
     # The val images of these colours are (all but) all right, too few errors to fit a temperature
     # on, so none is kept; one is set here, so that every path is checked to apply it.
     assert learn.decision.temperature == 1.0

@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from graft import GraftError, ImageData, Learner, load_learner
+from graft import GraftError, load_learner
 from graft.cli.main import main
 from graft.inference.decision import Decision, Reject
 from graft.inference.ood import REFERENCES_KEY, accept_threshold, choose_references
 from graft.infrastructure.fileio import sha256_file
-from tests.conftest import make_image_folder
+from tests.conftest import tiny_run
 
 CLASSES = ["green", "red"]
 
@@ -28,20 +28,8 @@ def run(tmp_path_factory):
     """A run trained for seconds on red and green images (22 val images: enough for a temperature),
     and a folder of outside images: noise and stripes."""
     root = tmp_path_factory.mktemp("unknown")
-    make_image_folder(root / "train", {"red": 10, "green": 10}, size=(50, 40), seed=1)
-    make_image_folder(root / "val", {"red": 11, "green": 11}, size=(50, 40), seed=2)
     outside = write_outside(root / "outside")
-    learn = Learner(ImageData.from_folder(root), "tf_efficientnet_lite0", input_size=32, seed=0)
-    learn.fit(
-        mode="features",
-        epochs=2,
-        batch_size=8,
-        lr=0.02,
-        augment=False,
-        workers=0,
-        precision="fp32",
-        log=lambda _: None,
-    )
+    learn = tiny_run(root, {"red": 10, "green": 10}, {"red": 11, "green": 11})
     # The val images of these colours are (all but) all right, too few errors to fit a temperature
     # on, so none is kept; one is set here, so that every path is checked to apply it.
     assert learn.decision.temperature == 1.0
