@@ -281,7 +281,9 @@ def rejection(decision: Decision, reject: str | float = "auto", *, scored: bool)
     """The rule that answers "unknown", as ``--reject`` asks: ``"auto"`` the run's stored rule,
     ``"off"`` none, a number (or its text) a threshold on the score instead of the stored one.
     ``scored``: whether the model computes the unknown score at all (a run saved before graft
-    stored reference features does not: ``"auto"`` then warns that rejection is unavailable).
+    stored reference features does not: ``"auto"`` then warns that rejection is unavailable). A
+    run without a stored rule (no val split, ``--unknown-accept 0``) answers no "unknown" on
+    ``"auto"``, silently: its predictions still carry the score.
 
     Raises:
         GraftError: For another word, a number outside the score's range, or a number for a
@@ -294,12 +296,6 @@ def rejection(decision: Decision, reject: str | float = "auto", *, scored: bool)
             warnings.warn(
                 "this model stores no reference features (saved by an older graft, or its "
                 "model has no single linear head): no image is answered unknown",
-                stacklevel=2,
-            )
-        elif decision.reject is None:
-            warnings.warn(
-                "this model has no unknown threshold (training chooses one on val, unless "
-                "--unknown-accept 0): pass --reject VALUE to set one",
                 stacklevel=2,
             )
         return decision.reject if scored else None
