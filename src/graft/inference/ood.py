@@ -42,23 +42,29 @@ def choose_references(
     vectors: torch.Tensor, labels: np.ndarray | None = None, limit: int = MAX_REFERENCES, seed: int = 0
 ) -> torch.Tensor:
     """The reference vectors to store: the training images' unit vectors in float16, at most
-    ``limit`` of them. With more images than that, a seeded sample of exactly ``limit``, each
-    class's share in proportion to its size (largest remainders), every class keeping at least
-    one while there are fewer classes than ``limit``. ``labels``: one class index per row (None:
-    one pool)."""
+    ``limit`` of them (:func:`reference_sample` picks them). ``labels``: one class index per row
+    (None: one pool)."""
     n = vectors.shape[0]
     if n == 0:
         raise GraftError("no training image features to measure the unknown score against")
-    keep = np.arange(n)
-    if n > limit:
-        pool = np.zeros(n, dtype=np.int64) if labels is None else np.asarray(labels)
-        classes = [np.flatnonzero(pool == c) for c in np.unique(pool)]
-        rng = np.random.default_rng(seed)
-        picks = [
-            rng.choice(g, k, replace=False) for g, k in zip(classes, _quotas(classes, limit), strict=True)
-        ]
-        keep = np.sort(np.concatenate(picks))
+    keep = reference_sample(n, labels, limit, seed)
     return unit_rows(vectors[torch.from_numpy(keep)]).half()
+
+
+def reference_sample(
+    n: int, labels: np.ndarray | None = None, limit: int = MAX_REFERENCES, seed: int = 0
+) -> np.ndarray:
+    """Which of ``n`` training images to keep as references, in order: all of them up to
+    ``limit``; beyond, a seeded sample of exactly ``limit``, each class's share in proportion to
+    its size (largest remainders), every class keeping at least one while there are fewer
+    classes than ``limit``. Picking before extraction spares the features of the rest."""
+    if n <= limit:
+        return np.arange(n)
+    pool = np.zeros(n, dtype=np.int64) if labels is None else np.asarray(labels)
+    classes = [np.flatnonzero(pool == c) for c in np.unique(pool)]
+    rng = np.random.default_rng(seed)
+    picks = [rng.choice(g, k, replace=False) for g, k in zip(classes, _quotas(classes, limit), strict=True)]
+    return np.sort(np.concatenate(picks))
 
 
 def _quotas(classes: list[np.ndarray], limit: int) -> list[int]:

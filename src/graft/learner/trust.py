@@ -24,7 +24,7 @@ from graft.features.cache import FeatureCache, default_cache_root
 from graft.features.extract import body_key, extract_features, feature_head, head_logits
 from graft.features.views import eval_view
 from graft.inference.decision import Decision, Reject
-from graft.inference.ood import SCORE_NAME, accept_threshold, choose_references, distances
+from graft.inference.ood import SCORE_NAME, accept_threshold, choose_references, distances, reference_sample
 from graft.infrastructure.config import ResolvedConfig
 from graft.infrastructure.text import plural
 from graft.models import ModelSpec
@@ -74,24 +74,15 @@ def measure_trust(
     head = feature_head(model, spec)
     if head is None:
         return Trust(lines=[f"trust: {spec.arch} has no single linear head: no calibration or unknown score"])
-    train, val = data.splits.get("train", []), data.splits.get("val", [])
-    cache = (
-        FeatureCache(default_cache_root(), body_key(model, spec, pre, "fp32")) if cfg.cache_features else None
-    )
-    views = [eval_view(pre)]
-    tr, va = extract_features(
-        model,
-        spec,
-        pre,
-        [(train, views), (val, views)],
-        device,
-        cache=cache,
-        workers=cfg.workers,
-        desc="trust",
-    )
     single = not data.multi_label
-    labels = np.array([train[i].label for i in tr.index]) if single else None
-    refs = choose_references(tr.vectors[:, 0], labels, seed=cfg.seed)
+    train, val = data.splits.get("train", []), data.splits.get("val", [])
+    labels = np.array([sample.label for sample in train]) if single else None
+    train = [train[i] for i in reference_sample(len(train), labels, seed=cfg.seed)]
+    key = body_key(model, spec, pre, "fp32")
+    cache = FeatureCache(default_cache_root(), key) if cfg.cache_features else None
+    jobs = [(train, [eval_view(pre)]), (val, [eval_view(pre)])]
+    tr, va = extract_features(model, spec, pre, jobs, device, cache=cache, workers=cfg.workers, desc="trust")
+    refs = choose_references(tr.vectors[:, 0])  # already sampled
     trust = Trust(references=refs)
     trust.lines.append(f"unknown score: {SCORE_NAME}, {plural(len(refs), 'reference image')} stored")
     if not len(va.index):
