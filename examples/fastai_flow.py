@@ -79,7 +79,9 @@ def main() -> None:
     # learn.get_preds(dl=learn.dls.test_dl(files)): one row per test image, in file order.
     print("\ntest predictions (file order):")
     for pred in learn.predict(out / "data" / "test"):
-        print(f"  {pred.path.parent.name}/{pred.path.name}: {pred.label} {pred.prob:.3f}")
+        # A photo far from every training image is answered "unknown": the closest class is shown beside it.
+        unknown = f"  ({pred.unknown}: unknown score {pred.score:.3f})" if pred.unknown else ""
+        print(f"  {pred.path.parent.name}/{pred.path.name}: {pred.labels[0]} {pred.prob:.3f}{unknown}")
     test = learn.evaluate(split="test")
     print(f"test accuracy {test.accuracy:.4f} ({test.correct}/{test.n})")
     run = learn.save(out / "run")

@@ -31,16 +31,18 @@ def test_prints_and_writes_every_label_above_its_threshold(run, tmp_path, capsys
     for line, pred in zip(lines, expected, strict=True):
         path, answer = line.split("\t")
         assert path == str(pred.path)
-        assert answer == (
-            "  ".join(f"{c} {p:.3f}" for c, p in zip(pred.labels, pred.probs, strict=True)) or "(none)"
-        )
-    assert any(line.endswith("\t(none)") for line in lines)
+        shown = "  ".join(f"{c} {p:.3f}" for c, p in zip(pred.labels, pred.probs, strict=True)) or "(none)"
+        if pred.unknown:  # past the unknown threshold: the answer, then what the classes say
+            shown = f"{pred.unknown} (closest: {shown})"
+        assert answer == f"{shown}  [unknown score {pred.score:.3f}]"
+    assert any("\t(none)  [unknown score" in line for line in lines)
     assert main(["predict", out, images, "--csv", str(tmp_path / "p.csv")]) == 0
     table = read(tmp_path / "p.csv")
-    assert table[0] == ["path", "labels", *classes]
+    assert table[0] == ["path", "labels", *classes, "unknown_score", "answer"]
     assert [row[1].split() for row in table[1:]] == [p.labels for p in expected]
     for row, pred in zip(table[1:], expected, strict=True):
-        probs = dict(zip(classes, map(float, row[2:]), strict=True))
+        assert row[-1] == (pred.unknown or " ".join(pred.labels))
+        probs = dict(zip(classes, map(float, row[2:-2]), strict=True))
         assert [probs[c] for c in pred.labels] == pytest.approx(pred.probs, abs=1e-6)
 
 

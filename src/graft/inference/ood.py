@@ -96,8 +96,9 @@ def distances(vectors: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
 
 
 def accept_threshold(scores: np.ndarray, accept: float = DEFAULT_ACCEPT) -> float:
-    """The smallest threshold under which at least ``accept`` of ``scores`` fall (the scores of
-    in-distribution held-out images: that share of them is answered, the rest "unknown").
+    """A threshold under which at least ``accept`` of ``scores`` fall (the scores of
+    in-distribution held-out images: that share of them is answered, the rest "unknown"):
+    halfway between the last score kept and the next.
 
     Raises:
         GraftError: Without scores, or for ``accept`` outside (0, 1].
@@ -107,7 +108,10 @@ def accept_threshold(scores: np.ndarray, accept: float = DEFAULT_ACCEPT) -> floa
     s = np.sort(np.asarray(scores, dtype=np.float64))
     if len(s) == 0:
         raise GraftError("no val image to choose the unknown threshold on")
-    return float(s[max(1, math.ceil(accept * len(s) - 1e-9)) - 1])
+    k = max(1, math.ceil(accept * len(s) - 1e-9))
+    # Midway to the next score: an image exactly at a val score would flip on float noise
+    # (an ONNX export's score differs in the 7th digit).
+    return float((s[k - 1] + s[k]) / 2 if k < len(s) else s[-1] + 1e-6)
 
 
 class Scored(nn.Module):

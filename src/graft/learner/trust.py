@@ -41,7 +41,8 @@ class Trust:
         temperature: The softmax temperature (1.0: not calibrated).
         reject: The "unknown" rule chosen on val (None without val, or ``unknown_accept`` 0).
         references: The reference features to store with the run (None: no single linear head).
-        metrics: ``val_ece_uncalibrated``, ``val_ece``, ``temperature``, ``unknown_threshold``,
+        metrics: ``val_ece_uncalibrated``, ``val_ece``, ``temperature``, ``val_loss_calibrated``,
+            ``unknown_threshold``,
             ``val_unknown_rate`` and ``val_intervals`` (95% bootstrap intervals of the val
             metrics), for ``graft.json``.
         lines: What to print about it.
@@ -120,9 +121,12 @@ def _calibrate(trust: Trust, logits: np.ndarray, labels: np.ndarray, wanted: boo
             f"calibration: skipped (the fit ran to its bound, {t:.3g}: val has too few errors)"
         )
         return
-    after = expected_calibration_error(_softmax(logits / t), labels)
+    calibrated = _softmax(logits / t)
+    after = expected_calibration_error(calibrated, labels)
     trust.temperature = t
-    trust.metrics.update(temperature=t, val_ece=after)
+    # graft evaluate's val loss from now on: the calibrated probabilities'.
+    loss = float(-np.log(np.clip(calibrated[np.arange(len(labels)), labels], 1e-12, 1.0)).mean())
+    trust.metrics.update(temperature=t, val_ece=after, val_loss_calibrated=loss)
     trust.lines.append(
         f"calibration: temperature {t:.3f} on {plural(len(labels), 'val image')}: "
         f"expected calibration error {before:.4f} -> {after:.4f}"

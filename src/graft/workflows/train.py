@@ -213,7 +213,10 @@ def _val_scores(m: dict, multi_label: bool) -> str:
             if isinstance(m.get(key), float)
         ]
         parts += [f"at the chosen thresholds: {', '.join(tuned)};"] if tuned else []
-    return "  ".join([*parts, f"loss {m['val_loss']:.4f}"])
+    loss = f"loss {m['val_loss']:.4f}"
+    if isinstance(m.get("val_loss_calibrated"), float):
+        loss += f" (calibrated {m['val_loss_calibrated']:.4f})"
+    return "  ".join([*parts, loss])
 
 
 # The val metrics' names in graft.json's metrics and in their bootstrap intervals.
