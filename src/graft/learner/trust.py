@@ -9,7 +9,6 @@ trained: the features are in the feature cache already).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -168,9 +167,3 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
-
-
-def log_lines(trust: Trust, log: Callable[[str], None]) -> None:
-    """Print what :func:`measure_trust` found."""
-    for line in trust.lines:
-        log(line)
