@@ -30,6 +30,7 @@ _EXPORTS = {
     "Interpretation": "graft.evaluation.interpret",
     "write_report": "graft.workflows.report",
     "compare": "graft.workflows.compare",
+    "doctor": "graft.workflows.doctor",
     "train": "graft.workflows.train",
     "TrainedRun": "graft.workflows.train",
 }
@@ -50,6 +51,7 @@ __all__ = [
     "__version__",
     "compare",
     "create_model",
+    "doctor",
     "load_learner",
     "resume_learner",
     "train",
@@ -71,6 +73,7 @@ if TYPE_CHECKING:
     from graft.learner.learner import Learner, load_learner, resume_learner
     from graft.models import create_model
     from graft.workflows.compare import compare
+    from graft.workflows.doctor import doctor
     from graft.workflows.report import write_report
     from graft.workflows.train import TrainedRun, train
 

@@ -226,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     from graft.cli.analysis import add_device_arguments, add_reject_argument, add_tta_argument
     from graft.cli.config_args import add_config_arguments, add_offline_argument
     from graft.cli.deploy import add_commands as add_deploy_commands
+    from graft.cli.doctor import add_commands as add_doctor_commands
     from graft.cli.organize import add_commands as add_organize_commands
     from graft.cli.predict import add_commands as add_predict_commands
     from graft.cli.train import cmd_train
@@ -268,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_predict_commands(sub)
     add_organize_commands(sub)
+    add_doctor_commands(sub)
     add_analysis_commands(sub)
     add_deploy_commands(sub)
 

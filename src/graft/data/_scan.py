@@ -21,7 +21,7 @@ from graft.data._audit import (
     warn,
 )
 from graft.data._duplicates import cross_split_duplicates, describe
-from graft.data.images import Ignored, check_image, list_images, skip_kind
+from graft.data.images import Ignored, check_image, list_images, skip_kind, skipped_folder
 from graft.infrastructure.errors import DuplicateImageWarning, GraftError, SkippedFileWarning
 from graft.infrastructure.fileio import inside
 from graft.infrastructure.text import plural, preview
@@ -215,12 +215,13 @@ def lost_reason(folder: Path, skipped: list[tuple[Path, str]], found: Unlisted) 
 
 
 def subdirs(folder: Path) -> list[Path]:
-    """Non-hidden subfolders of ``folder`` (symlinks followed), sorted; GraftError if it cannot be read."""
+    """Subfolders of ``folder`` (symlinks followed) but hidden ones and ``_quarantine``, sorted; GraftError
+    if it cannot be read."""
     try:
         entries = list(folder.iterdir())
     except OSError as e:
         raise GraftError(f"cannot read folder {folder}: {e.strerror or e}") from None
-    return sorted(p for p in entries if not p.name.startswith(".") and os.path.isdir(p))
+    return sorted(p for p in entries if not skipped_folder(p.name) and os.path.isdir(p))
 
 
 def child(folder: Path, *names: str) -> Path | None:

@@ -23,6 +23,15 @@ IMAGE_EXTENSIONS = frozenset(
 
 _WHITE = (255, 255, 255)
 
+# The folder ``graft doctor --apply`` moves quarantined files into; skipped like a hidden folder, so
+# a quarantined file is never read as an image nor its folder as a class.
+QUARANTINE_DIR = "_quarantine"
+
+
+def skipped_folder(name: str) -> bool:
+    """True for a folder name that listings skip: hidden (a leading ``.``) or :data:`QUARANTINE_DIR`."""
+    return name.startswith(".") or name == QUARANTINE_DIR
+
 
 @dataclass
 class Ignored:
@@ -67,7 +76,8 @@ def _sort_out(here: Path, names: list[str], ignored: Ignored | None) -> list[Pat
 
 
 def list_images(folder: Path, recursive: bool = False, ignored: Ignored | None = None) -> list[Path]:
-    """Image files in ``folder`` (optionally below it), sorted by path; hidden files/folders skipped.
+    """Image files in ``folder`` (optionally below it), sorted by path; hidden files/folders and
+    ``_quarantine`` folders skipped.
 
     Args:
         folder: The folder to list (a missing folder gives an empty list).
@@ -80,7 +90,7 @@ def list_images(folder: Path, recursive: bool = False, ignored: Ignored | None =
         return []
     if not recursive:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        hidden_dirs = [e.name for e in entries if e.name.startswith(".") and e.is_dir()]
+        hidden_dirs = [e.name for e in entries if skipped_folder(e.name) and e.is_dir()]
         if ignored is not None:
             ignored.hidden.extend(folder / d for d in hidden_dirs)
         return sorted(_sort_out(folder, [e.name for e in entries if e.name not in hidden_dirs], ignored))
@@ -98,7 +108,7 @@ def list_images(folder: Path, recursive: bool = False, ignored: Ignored | None =
         keep = []
         for d in sorted(dirnames):
             sub = here / d
-            if d.startswith("."):
+            if skipped_folder(d):
                 if ignored is not None:
                     ignored.hidden.append(sub)
             elif os.path.islink(sub) and _within(real_here, target := os.path.realpath(sub)):
