@@ -149,3 +149,24 @@ def test_dirty_flowers_flips_and_planted_copies_are_found(tmp_path: Path) -> Non
     }
     assert len(conflicts & {"17104364030_ee31ee279b_n.jpg", "17291451621_0e39f08b9e_n.jpg"}) >= 1
     assert np.isfinite([f.score for f in result.findings]).all()
+
+
+def test_doctor_with_a_run_scores_its_held_out_images_with_the_run(tmp_path: Path) -> None:
+    """With --run, an image the run never trained on gets the run's own (calibrated)
+    probabilities, which the finding's detail reports: the same numbers as Learner.predict."""
+    from graft import ImageData, Learner
+
+    make_image_folder(tmp_path / "d" / "train", {"cat": 12, "dog": 12}, size=(50, 40), seed=1)
+    make_image_folder(tmp_path / "d" / "val", {"cat": 6, "dog": 6}, size=(50, 40), seed=2)
+    learn = Learner(ImageData.from_folder(tmp_path / "d"), "tf_efficientnet_lite0", input_size=32, seed=0)
+    fast = {"batch_size": 8, "lr": 0.05, "augment": False, "workers": 0, "precision": "fp32"}
+    learn.fit(mode="features", epochs=8, **fast, log=lambda _: None)
+    learn.save(tmp_path / "run")
+    wrong = write_image(tmp_path / "d" / "val" / "cat" / "wrong.png", PALETTE[1], (50, 40), seed=5)
+    result = doctor(tmp_path / "d", run=tmp_path / "run", out=None, workers=0)
+    found = [f for f in result.findings if f.issue == "label_error" and f.path == wrong]
+    assert found and found[0].suggested_label == "dog", [(f.path.name, f.issue) for f in result.findings]
+    (pred,) = learn.predict(wrong, k=2, reject="off")
+    p = dict(zip(pred.labels, pred.probs, strict=True))
+    assert f"labelled cat (p={p['cat']:.2f})" in found[0].detail
+    assert f"say dog (p={p['dog']:.2f})" in found[0].detail
