@@ -170,3 +170,32 @@ def test_doctor_with_a_run_scores_its_held_out_images_with_the_run(tmp_path: Pat
     p = dict(zip(pred.labels, pred.probs, strict=True))
     assert f"labelled cat (p={p['cat']:.2f})" in found[0].detail
     assert f"say dog (p={p['dog']:.2f})" in found[0].detail
+
+
+def test_doctor_reads_multi_label_and_flat_csv_data(tmp_path: Path) -> None:
+    """A flat folder labelled by a CSV (single- and multi-label): copies, balance and the CSV's
+    paths work; multi-label data gets no label-error check (its labels are not one class)."""
+    flat = tmp_path / "flat"
+    for i in range(12):
+        write_image(flat / f"r{i}.png", PALETTE[0], (40, 30), seed=i)
+        write_image(flat / f"g{i}.png", PALETTE[1], (40, 30), seed=50 + i)
+    shutil.copyfile(flat / "r0.png", flat / "r0_again.png")
+    rows = (
+        [f"r{i}.png,red" for i in range(12)] + [f"g{i}.png,green" for i in range(12)] + ["r0_again.png,red"]
+    )
+    (tmp_path / "labels.csv").write_text("id,label\n" + "\n".join(rows) + "\n")
+    single = doctor(flat, labels=tmp_path / "labels.csv", out=None, workers=0)
+    copies = [f for f in single.findings if f.issue in ("duplicate", "leak")]
+    assert {f.path.name for f in copies} & {"r0.png", "r0_again.png"}
+    assert sum(sum(c.values()) for c in single.balance.values()) == 25
+    tags = (
+        [f"r{i}.png,red" for i in range(12)]
+        + [f"g{i}.png,green round" for i in range(12)]
+        + ["r0_again.png,red"]
+    )
+    (tmp_path / "tags.csv").write_text("id,labels\n" + "\n".join(tags) + "\n")
+    multi = doctor(flat, labels=tmp_path / "tags.csv", out=tmp_path / "out", workers=0)
+    assert multi.label_accuracy is None and not [f for f in multi.findings if f.issue == "label_error"]
+    counts = {c: sum(split[c] for split in multi.balance.values()) for c in ("red", "green", "round")}
+    assert counts == {"red": 13, "green": 12, "round": 12}
+    assert (tmp_path / "out" / "doctor.csv").read_text().count("r0") >= 1

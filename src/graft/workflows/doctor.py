@@ -23,11 +23,12 @@ from graft.data.dataset import ImageData
 from graft.data.inspect import ImageFacts, inspect_images
 from graft.data.loaders import default_workers
 from graft.evaluation.findings import ISSUES, Finding, findings_csv, sort_findings
-from graft.evaluation.label_issues import out_of_fold, rank_label_issues
+from graft.evaluation.label_issues import LabelIssues, out_of_fold, rank_label_issues
 from graft.evaluation.neighbours import copy_pairs
 from graft.features.cache import FeatureCache, default_cache_root
 from graft.features.extract import body_key, extract_features, feature_head, head_logits
 from graft.features.views import eval_view
+from graft.inference.decision import Decision
 from graft.infrastructure.errors import DuplicateImageWarning, GraftError, SkippedFileWarning
 from graft.infrastructure.fileio import atomic_write_text
 from graft.infrastructure.runtime import inference_batch_size, select_device
@@ -129,7 +130,7 @@ def doctor(
             data, labels=labels, valid_split=valid_split, test_split=test_split, seed=seed
         )
     items = [
-        Item(s.path, split, dataset.label_names(s.label))
+        Item(s.path, split, _label_text(dataset.label_names(s.label)))
         for split, samples in dataset.splits.items()
         for s in samples
     ]
@@ -153,7 +154,7 @@ def doctor(
         if issues is not None:
             findings += label_findings(items, labelled, issues, dataset.classes)
             accuracy = issues.accuracy
-    table, notes = balance(items, dataset.classes)
+    table, notes = balance(items, dataset.classes, dataset.multi_label)
     result = DoctorResult(
         dataset.root, one_move_per_file(sort_findings(findings)), table, notes + list(dataset.notes), accuracy
     )
@@ -163,7 +164,12 @@ def doctor(
     return result
 
 
-def _network(run: str | Path | None, data: ImageData, arch: str) -> tuple[Network, set[str], object]:
+def _label_text(names: str | list[str] | None) -> str | None:
+    """A sample's label as one string: a multi-label image's classes space-separated."""
+    return names if names is None or isinstance(names, str) else " ".join(names)
+
+
+def _network(run: str | Path | None, data: ImageData, arch: str) -> tuple[Network, set[str], Decision | None]:
     """The network that gives the features, the paths its run trained on, its decision rule."""
     if run is None:
         model, spec, pre = create_model(arch, len(data.classes))
@@ -219,7 +225,17 @@ def _copies(
     return copy_findings(items, copy_pairs(full, hashes, digests, known=seen))
 
 
-def _label_issues(items, classes, features, index, seed, network, trained_on, decision, device):
+def _label_issues(
+    items: list[Item],
+    classes: list[str],
+    features: np.ndarray,
+    index: np.ndarray,
+    seed: int,
+    network: Network,
+    trained_on: set[str],
+    decision: Decision | None,
+    device: torch.device,
+) -> tuple[LabelIssues | None, np.ndarray | None]:
     """Out-of-fold label scores of the labelled items with features; with a run, its own
     (calibrated) probabilities for the images it did not train on."""
     rows = [r for r, i in enumerate(index) if items[i].label is not None]
@@ -230,7 +246,7 @@ def _label_issues(items, classes, features, index, seed, network, trained_on, de
     x = features[rows]
     probs = out_of_fold(x, labels, len(classes), seed=seed)
     head = feature_head(network.model, network.spec) if trained_on else None
-    if head is not None:
+    if head is not None and decision is not None:
         unseen = np.array([os.path.normpath(items[i].path) not in trained_on for i in labelled])
         if unseen.any():
             logits = head_logits(head, torch.from_numpy(x[unseen]), device).double().numpy()

@@ -199,11 +199,15 @@ def unreadable_findings(
     return out
 
 
-def balance(items: list[Item], classes: list[str]) -> tuple[dict[str, dict[str, int]], list[str]]:
-    """Per split, the labelled images of each class; and what the counts mean for training."""
+def balance(
+    items: list[Item], classes: list[str], multi_label: bool = False
+) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """Per split, the labelled images of each class (multi-label: labels are space-separated, an
+    image counts once per class it has); and what the counts mean for training."""
     table: dict[str, dict[str, int]] = {}
     for split in sorted({i.split for i in items}, key=lambda s: _order(Item(Path(), s, None))):
-        counts = Counter(i.label for i in items if i.split == split and i.label is not None)
+        labels = [i.label for i in items if i.split == split and i.label is not None]
+        counts = Counter(c for label in labels for c in (label.split(" ") if multi_label else [label]))
         if counts:
             table[split] = {c: counts.get(c, 0) for c in classes}
     return table, _balance_notes(table)
