@@ -5,7 +5,9 @@ graft implements the ranking itself (a few lines of NumPy) rather than use clean
 AGPL-3.0 licence does not fit this Apache-2.0 project. An image is *flagged* when, with it left
 out of the head's training data, another class clears that class's own confidence bar (the mean
 probability the head gives the images labelled with it) while its own label falls below its
-bar. That many images are flagged: those the heads give another class, with the least
+bar; or, if more, how many images the heads give under half a uniform guess's probability
+(a confident head makes the bars so high that an image at 0.89 for the other class of two
+misses them). That many images are flagged: those the heads give another class, with the least
 probability left for their own label.
 """
 
@@ -20,6 +22,9 @@ import numpy as np
 # few hundred mislabelled images cannot bend a head towards their labels.
 PENALTY = 0.2
 FOLDS = 5
+# A label whose out-of-fold probability is under this share of 1 / classes is flagged even when
+# no other class clears its confidence bar (with two classes: under 0.25).
+UNLIKELY = 0.5
 
 
 @dataclass
@@ -98,6 +103,8 @@ def rank_label_issues(probs: np.ndarray, labels: np.ndarray) -> LabelIssues:
     # another class clears its own); which ones, from the ranking.
     count = int((confident.any(1) & (given < bars[labels])).sum())
     suggested = probs.argmax(1)
+    # ...or, when more, the images whose label gets under half a uniform guess's share.
+    count = max(count, int(((suggested != labels) & (given < UNLIKELY / classes)).sum()))
     score = 1.0 - given
     wrong = np.flatnonzero(suggested != labels)
     flagged = np.zeros(n, bool)
