@@ -199,3 +199,24 @@ def test_doctor_reads_multi_label_and_flat_csv_data(tmp_path: Path) -> None:
     counts = {c: sum(split[c] for split in multi.balance.values()) for c in ("red", "green", "round")}
     assert counts == {"red": 13, "green": 12, "round": 12}
     assert (tmp_path / "out" / "doctor.csv").read_text().count("r0") >= 1
+
+
+def test_balance_notes_say_what_graft_train_does() -> None:
+    """The note follows --balance auto's own ratio (config.BALANCE_RATIO), not a bar of its own."""
+    from graft.infrastructure.config import BALANCE_RATIO
+    from graft.workflows.doctor_checks import Item, balance
+
+    def items(big: int, small: int) -> list[Item]:
+        counts = {"a": big, "b": small}
+        return [Item(Path(f"{c}{i}"), "train", c) for c, n in counts.items() for i in range(n)]
+
+    table, notes = balance(items(int(BALANCE_RATIO * 5), 5), ["a", "b"])
+    assert table == {"train": {"a": int(BALANCE_RATIO * 5), "b": 5}}
+    assert "weights the loss by inverse class frequency" in notes[0]
+    _, notes = balance(items(int(BALANCE_RATIO * 5) - 1, 5), ["a", "b"])
+    assert "uses it as it is" in notes[0]
+    val = [Item(Path("v0"), "val", "a")]
+    _, notes = balance(items(6, 5) + val, ["a", "b"], multi_label=True)
+    assert notes == [
+        "2 classes with fewer than 10 val images (a, b): their val accuracy moves in steps of 10% or more"
+    ]
