@@ -3,7 +3,6 @@ blank the picture is, read in one cheap decode (JPEGs at 1/8 scale where that le
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from graft.data._duplicates import _digest
 from graft.data.images import load_image
 
 # The side the hash and blankness see: phash resizes to 32 px itself; 64 keeps its input sharp.
@@ -39,11 +39,6 @@ class ImageFacts:
     spread: float
 
 
-def _digest(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "blake2b").hexdigest()
-
-
 def image_facts(path: Path) -> ImageFacts | None:
     """The facts of one file; None if it cannot be read or decoded (never raises)."""
     import imagehash
@@ -59,6 +54,8 @@ def image_facts(path: Path) -> ImageFacts | None:
         spread = float(np.asarray(small, dtype=np.float32).std())
         value = int(str(imagehash.phash(small)), 16)
         digest = _digest(path)
+        if digest is None:
+            return None
     except Exception:  # any decoder error: the file is reported unreadable, never a crash
         return None
     if turned:

@@ -94,24 +94,17 @@ def _identical(digests: list[str | None]) -> list[tuple[int, int]]:
     return [(a, b) for g in groups.values() for k, a in enumerate(g) for b in g[k + 1 :]]
 
 
-def isolation(features: np.ndarray, exclude: list[Pair], k: int = 5) -> np.ndarray:
-    """Each image's cosine distance to its ``k``-th nearest other image (copies of it do not
-    count), high for an image unlike anything else in the data."""
+def isolation(features: np.ndarray, k: int = 5) -> np.ndarray:
+    """Each image's cosine distance to its ``k``-th nearest other image, high for an image unlike
+    anything else in the data."""
     x = unit_rows(features)
     n = len(x)
     k = max(1, min(k, n - 1))
     out = np.zeros(n, dtype=np.float32)
-    copies: dict[int, list[int]] = {}
-    for p in exclude:
-        copies.setdefault(p.first, []).append(p.second)
-        copies.setdefault(p.second, []).append(p.first)
     for start in range(0, n, _BLOCK):
         stop = min(n, start + _BLOCK)
         sims = x[start:stop] @ x.T
         sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf
-        for i, others in copies.items():
-            if start <= i < stop:
-                sims[i - start, others] = -np.inf
         kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
         out[start:stop] = 1.0 - np.where(np.isfinite(kth), kth, -1.0)
     return out

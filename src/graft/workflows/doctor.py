@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from graft.data.dataset import ImageData
+from graft.data.dataset import ImageData, Sample
 from graft.data.inspect import ImageFacts, inspect_images
 from graft.data.loaders import default_workers
 from graft.evaluation.findings import ISSUES, Finding, findings_csv, sort_findings
@@ -142,10 +142,8 @@ def doctor(
     dev = select_device(device)
     features, index = _features(network, items, dev, batch_size, workers)
     findings = unreadable_findings(dataset.skipped, items, facts) + oddity_findings(items, facts)
-    known = np.zeros(len(items), bool)
-    known[index] = True
-    findings += _copies(items, facts, features, index, known)
-    findings += outlier_findings(items, features, index, [])
+    findings += _copies(items, facts, features, index)
+    findings += outlier_findings(items, features, index)
     accuracy = None
     if not dataset.multi_label:
         issues, labelled = _label_issues(
@@ -190,13 +188,11 @@ def _features(
     network: Network, items: list[Item], device: torch.device, batch_size: int, workers: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Body features (float32, one row per decodable item) and each row's item index."""
-    from graft.data.dataset import Sample
-
     model, spec, pre = network.model, network.spec, network.preprocessing
     cache = FeatureCache(default_cache_root(), body_key(model, spec, pre, "fp32"))
     samples = [Sample(i.path, None) for i in items]
     (feats,) = extract_features(
-        model.eval(),
+        model,
         spec,
         pre,
         [(samples, [eval_view(pre)])],
@@ -214,14 +210,15 @@ def _copies(
     facts: list[ImageFacts | None],
     features: np.ndarray,
     index: np.ndarray,
-    known: np.ndarray,
 ) -> list[Finding]:
     """Copy findings over every item (features of undecodable ones are zero: hashes still count)."""
     full = np.zeros((len(items), features.shape[1]), np.float32)
     full[index] = features
     hashes = np.array([f.phash if f else 0 for f in facts], dtype=np.uint64)
     digests = [f.digest if f else None for f in facts]
-    seen = known & np.array([f is not None for f in facts])
+    seen = np.zeros(len(items), bool)  # decoded by both passes
+    seen[index] = True
+    seen &= np.array([f is not None for f in facts])
     return copy_findings(items, copy_pairs(full, hashes, digests, known=seen))
 
 

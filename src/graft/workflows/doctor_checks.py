@@ -98,24 +98,20 @@ def copy_findings(items: list[Item], pairs: list[Pair]) -> list[Finding]:
     return list(best.values())
 
 
+def _split_rank(split: str) -> int:
+    return SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER)
+
+
 def _order(item: Item) -> tuple[int, str]:
-    return (SPLIT_ORDER.index(item.split) if item.split in SPLIT_ORDER else len(SPLIT_ORDER), str(item.path))
+    return _split_rank(item.split), str(item.path)
 
 
-def outlier_findings(
-    items: list[Item], features: np.ndarray, index: np.ndarray, pairs: list[Pair]
-) -> list[Finding]:
+def outlier_findings(items: list[Item], features: np.ndarray, index: np.ndarray) -> list[Finding]:
     """``outlier`` findings: images whose 5th-nearest other image is farther than Tukey's
     far-out fence of all such distances (``index``: each feature row's item)."""
     if len(index) < 10:
         return []
-    local = {int(i): r for r, i in enumerate(index)}
-    mapped = [
-        Pair(local[p.first], local[p.second], p.similarity, p.bits, p.how)
-        for p in pairs
-        if p.first in local and p.second in local
-    ]
-    scores = isolation(features, mapped)
+    scores = isolation(features)
     fence = far_out(scores)
     out = []
     for r in np.flatnonzero(scores > fence):
@@ -140,7 +136,8 @@ def oddity_findings(items: list[Item], facts: list[ImageFacts | None]) -> list[F
     sides = [min(f.width, f.height) for f in facts if f is not None]
     if not sides:
         return []
-    tiny = max(TINY_PIXELS, TINY_FRACTION * float(np.median(sides)))
+    median = float(np.median(sides))
+    tiny = max(TINY_PIXELS, TINY_FRACTION * median)
     out = []
     for item, f in zip(items, facts, strict=True):
         if f is None:
@@ -155,7 +152,7 @@ def oddity_findings(items: list[Item], facts: list[ImageFacts | None]) -> list[F
                     1 - short / tiny,
                     "review",
                     **base,
-                    detail=f"{f.width}x{f.height} px; the median shorter side is {np.median(sides):.0f} px",
+                    detail=f"{f.width}x{f.height} px; the median shorter side is {median:.0f} px",
                 )
             )
         if long >= ASPECT * short:
@@ -204,7 +201,7 @@ def balance(
     """Per split, the labelled images of each class (multi-label: labels are space-separated, an
     image counts once per class it has); and what the counts mean for training."""
     table: dict[str, dict[str, int]] = {}
-    for split in sorted({i.split for i in items}, key=lambda s: _order(Item(Path(), s, None))):
+    for split in sorted({i.split for i in items}, key=_split_rank):
         labels = [i.label for i in items if i.split == split and i.label is not None]
         counts = Counter(c for label in labels for c in (label.split(" ") if multi_label else [label]))
         if counts:
